@@ -1,0 +1,228 @@
+"""The client API a VMM author calls.  Identical against the emulator and a real kernel:
+only the transport differs.
+
+    from pyiommufd.client import Iommufd, VfioDevice, emulated
+    from pyiommufd.system import System
+    emu = emulated(System.simple(devices={"gpu": False, "nic": True}))
+    with Iommufd(emu.transport) as iommufd:
+        ioas = iommufd.ioas_alloc()
+        gpu = VfioDevice(emu.transport, emu.cdev_path("gpu"))
+        gpu.bind(iommufd)
+        hwpt_id = gpu.attach(ioas.id)
+"""
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+from . import uapi
+from .errors import StateError
+from .profiles import DEFAULT_PROFILE, Profile, get_profile
+
+U64_MAX = (1 << 64) - 1
+
+
+def _new(cls, **fields):
+    s = cls(**fields)
+    if hasattr(s, "size"):
+        s.size = ctypes.sizeof(cls)
+    else:
+        s.argsz = ctypes.sizeof(cls)
+    return s
+
+
+class Iommufd:
+    """An open /dev/iommu: one iommufd_ctx."""
+
+    def __init__(self, transport, path: str = "/dev/iommu"):
+        self.transport = transport
+        self.fd: int | None = transport.open(path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            self.transport.close(fd)
+
+    def _fd(self) -> int:
+        if self.fd is None:
+            raise StateError("iommufd is closed (required: open)")
+        return self.fd
+
+    def ioctl(self, request: int, struct) -> int:
+        return self.transport.ioctl(self._fd(), request, struct)
+
+    def ioas_alloc(self) -> "Ioas":
+        cmd = _new(uapi.iommu_ioas_alloc)
+        self.ioctl(uapi.IOMMU_IOAS_ALLOC, cmd)
+        return Ioas(self, cmd.out_ioas_id)
+
+    def destroy(self, obj_id: int) -> None:
+        self.ioctl(uapi.IOMMU_DESTROY, _new(uapi.iommu_destroy, id=obj_id))
+
+    def hwpt_alloc(self, dev_id: int, pt_id: int, flags: int = 0, data_type: int = 0,
+                   data: bytes | None = None) -> int:
+        """IOMMU_HWPT_ALLOC; returns the new HWPT id."""
+        cmd = _new(uapi.iommu_hwpt_alloc, flags=flags, dev_id=dev_id, pt_id=pt_id, data_type=data_type)
+        if data:
+            buf = ctypes.create_string_buffer(bytes(data), len(data))
+            cmd.data_len, cmd.data_uptr = len(data), ctypes.addressof(buf)
+        self.ioctl(uapi.IOMMU_HWPT_ALLOC, cmd)
+        return cmd.out_hwpt_id
+
+    def hw_info(self, dev_id: int, data_len: int = ctypes.sizeof(uapi.iommu_hw_info_vtd)) -> "HwInfo":
+        """IOMMU_GET_HW_INFO; Intel data is decoded into cap/ecap and snoop_control."""
+        addr = self.transport.mmap(data_len)
+        cmd = _new(uapi.iommu_hw_info, dev_id=dev_id, data_len=data_len, data_uptr=addr)
+        self.ioctl(uapi.IOMMU_GET_HW_INFO, cmd)
+        raw = _read_user(self.transport, addr, min(data_len, cmd.data_len))
+        return HwInfo(cmd.out_data_type, raw, cmd.out_capabilities, cmd.data_len)
+
+    def vfio_ioas(self, op: int, ioas_id: int = 0) -> int:
+        cmd = _new(uapi.iommu_vfio_ioas, ioas_id=ioas_id, op=op)
+        self.ioctl(uapi.IOMMU_VFIO_IOAS, cmd)
+        return cmd.ioas_id
+
+
+def _read_user(transport, addr: int, length: int) -> bytes:
+    mem = getattr(getattr(transport, "host", None), "mem", None)
+    if mem is not None:
+        return mem.read(addr, length)
+    return ctypes.string_at(addr, length)
+
+
+@dataclass(frozen=True)
+class HwInfo:
+    data_type: int
+    data: bytes
+    capabilities: int
+    kernel_data_len: int
+
+    @property
+    def vtd(self) -> uapi.iommu_hw_info_vtd | None:
+        if self.data_type != uapi.IOMMU_HW_INFO_TYPE_INTEL_VTD or len(self.data) < ctypes.sizeof(uapi.iommu_hw_info_vtd):
+            return None
+        return uapi.iommu_hw_info_vtd.from_buffer_copy(self.data)
+
+    @property
+    def snoop_control(self) -> bool | None:
+        """Intel ECAP.SC (bit 7): whether the device's unit can enforce cache coherency."""
+        v = self.vtd
+        return None if v is None else bool(v.ecap_reg & uapi.VTD_ECAP_SC)
+
+
+class Ioas:
+    def __init__(self, iommufd: Iommufd, ioas_id: int):
+        self.iommufd = iommufd
+        self.id = ioas_id
+
+    def map(self, iova: int | None, length: int, *, readable: bool = True, writeable: bool = True,
+            user_va: int | None = None, flags: int | None = None) -> int:
+        """IOMMU_IOAS_MAP of fresh anonymous memory (or ``user_va``); ``iova=None`` lets the
+        kernel choose.  Returns the IOVA used."""
+        if user_va is None:
+            user_va = self.iommufd.transport.mmap(length)
+        if flags is None:
+            flags = ((uapi.IOMMU_IOAS_MAP_FIXED_IOVA if iova is not None else 0)
+                     | (uapi.IOMMU_IOAS_MAP_READABLE if readable else 0)
+                     | (uapi.IOMMU_IOAS_MAP_WRITEABLE if writeable else 0))
+        cmd = _new(uapi.iommu_ioas_map, flags=flags, ioas_id=self.id, user_va=user_va, length=length,
+                   iova=iova or 0)
+        self.iommufd.ioctl(uapi.IOMMU_IOAS_MAP, cmd)
+        return cmd.iova
+
+    def unmap(self, iova: int, length: int) -> int:
+        """IOMMU_IOAS_UNMAP; returns the bytes unmapped (iova 0, length U64_MAX: everything)."""
+        cmd = _new(uapi.iommu_ioas_unmap, ioas_id=self.id, iova=iova, length=length)
+        self.iommufd.ioctl(uapi.IOMMU_IOAS_UNMAP, cmd)
+        return cmd.length
+
+
+class VfioDevice:
+    """A VFIO device cdev (/dev/vfio/devices/vfioN), 6.6+."""
+
+    def __init__(self, transport, path: str):
+        self.transport = transport
+        self.path = path
+        self.fd: int | None = transport.open(path)
+        self.dev_id: int | None = None
+
+    def _fd(self) -> int:
+        if self.fd is None:
+            raise StateError(f"{self.path} is closed (required: open)")
+        return self.fd
+
+    def bind(self, iommufd: Iommufd) -> int:
+        cmd = _new(uapi.vfio_device_bind_iommufd, iommufd=iommufd._fd())
+        self.transport.ioctl(self._fd(), uapi.VFIO_DEVICE_BIND_IOMMUFD, cmd)
+        self.dev_id = cmd.out_devid
+        return self.dev_id
+
+    def attach(self, pt_id: int) -> int:
+        """VFIO_DEVICE_ATTACH_IOMMUFD_PT: an IOAS id runs the kernel's auto-domain search,
+        a HWPT id attaches there; on an attached device this is a replace.  Returns the pt id used."""
+        cmd = _new(uapi.vfio_device_attach_iommufd_pt, pt_id=pt_id)
+        self.transport.ioctl(self._fd(), uapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT, cmd)
+        return cmd.pt_id
+
+    replace = attach
+
+    def detach(self) -> None:
+        self.transport.ioctl(self._fd(), uapi.VFIO_DEVICE_DETACH_IOMMUFD_PT, _new(uapi.vfio_device_detach_iommufd_pt))
+
+    def close(self) -> None:
+        """Closing the cdev unbinds the device (detaching it first)."""
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            self.dev_id = None
+            self.transport.close(fd)
+
+
+class VfioGroup:
+    """A VFIO group (/dev/vfio/<group>) with an iommufd as its container: the path
+    devices take into iommufd before 6.6."""
+
+    def __init__(self, transport, path: str):
+        self.transport = transport
+        self.path = path
+        self.fd: int | None = transport.open(path)
+
+    def set_container(self, iommufd: Iommufd) -> None:
+        self.transport.ioctl(self.fd, uapi.VFIO_GROUP_SET_CONTAINER, uapi.vfio_group_fd(iommufd._fd()))
+
+    def get_device_fd(self, name: str) -> int:
+        """Opens the device: binds it and attaches it to the iommufd's compat IOAS."""
+        buf = ctypes.create_string_buffer(name.encode())
+        return self.transport.ioctl(self.fd, uapi.VFIO_GROUP_GET_DEVICE_FD, buf)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            self.transport.close(fd)
+
+
+class Emulated:
+    """An emulated machine: its host kernel and the transport to reach it."""
+
+    def __init__(self, system, profile: Profile | str = DEFAULT_PROFILE):
+        from .kernel.host import Host
+        from .transport import EmulatedTransport
+        self.profile = get_profile(profile) if isinstance(profile, str) else profile
+        self.system = system
+        self.host = Host(system, self.profile)
+        self.transport = EmulatedTransport(self.host)
+
+    def cdev_path(self, device: str) -> str:
+        return f"/dev/vfio/devices/vfio{self.host.devices[device].cdev}"
+
+    def group_path(self, device: str) -> str:
+        return f"/dev/vfio/{self.host.devices[device].group}"
+
+
+def emulated(system, profile: Profile | str = DEFAULT_PROFILE) -> Emulated:
+    return Emulated(system, profile)

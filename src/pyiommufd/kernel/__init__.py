@@ -1,0 +1,1 @@
+"""The emulated kernel: iommufd, its IOMMU drivers, VFIO and KVM, one module per kernel object."""

@@ -1,0 +1,112 @@
+"""The IOMMU driver interface the emulated iommufd calls, and the driver domain.
+
+One ``Domain`` class serves every driver: the fields are the union of what the
+drivers keep (struct dmar_domain's force_snooping / set_pte_snp / has_mappings /
+use_first_level, the attached-device list, the IOPTEs with their snoop bit), so a
+domain is one plain record that snapshots and copies cheaply.
+"""
+from __future__ import annotations
+
+import errno
+
+from ..err import KernelErr
+
+RESV_MSI = "msi"        # IOMMU_RESV_MSI: hardware MSI window
+RESV_SW_MSI = "sw_msi"  # IOMMU_RESV_SW_MSI: software-managed MSI window
+
+
+class Domain:
+    """struct iommu_domain plus the driver's private part."""
+
+    __slots__ = ("driver", "kind", "enforce_cc", "set_pte_snp", "has_mappings", "first_level",
+                 "nest_parent", "parent", "dirty_tracking", "devices", "ptes", "upgraded_over",
+                 "min_page_size", "serial")
+
+    def __init__(self, driver: str, serial: int, *, kind: str = "paging", first_level: bool = False,
+                 nest_parent: bool = False, parent: "Domain | None" = None, dirty_tracking: bool = False):
+        self.driver = driver
+        self.serial = serial            # identity for snapshots (domains have no uAPI id)
+        self.kind = kind                # "paging" | "nested"
+        self.enforce_cc = False         # dmar_domain->force_snooping / the SMMU's flag / AMD: set on request
+        self.set_pte_snp = False        # Intel 2nd level: new IOPTEs get DMA_PTE_SNP
+        self.has_mappings = False       # Intel: set by the first map, never cleared
+        self.first_level = first_level  # Intel: dmar_domain->use_first_level
+        self.nest_parent = nest_parent
+        self.parent = parent            # nested domains: the stage-2 parent
+        self.dirty_tracking = dirty_tracking
+        self.devices: list[str] = []    # devices attached through the driver (dmar_domain->devices)
+        self.ptes: dict[int, tuple[int, bool]] = {}  # iova -> (last, snoop bit written)
+        self.upgraded_over: tuple[str, ...] = ()     # non-SC devices attached when CC was switched on
+        self.min_page_size = 4096
+
+    def map(self, start: int, last: int, prot: int) -> None:
+        """iommu_map of one area: IOPTEs written now carry the snoop bit iff set_pte_snp."""
+        self.ptes[start] = (last, self.set_pte_snp)
+        self.has_mappings = True
+
+    def unmap(self, start: int, last: int) -> None:
+        self.ptes.pop(start, None)
+
+    def pte_at(self, iova: int):
+        for start, (last, snp) in self.ptes.items():
+            if start <= iova <= last:
+                return start, last, snp
+        return None
+
+    def stale_ptes(self) -> int:
+        """IOPTEs without the snoop bit in a domain that claims to enforce CC (2nd level only)."""
+        if not self.enforce_cc or self.first_level or self.kind != "paging":
+            return 0
+        return sum(1 for _, snp in self.ptes.values() if not snp)
+
+    def snapshot(self):
+        return (self.serial, self.driver, self.kind, self.enforce_cc, self.set_pte_snp, self.has_mappings,
+                self.first_level, self.nest_parent, self.parent.serial if self.parent else None,
+                self.dirty_tracking, tuple(self.devices), tuple(sorted(self.ptes.items())), self.upgraded_over)
+
+
+class Driver:
+    """struct iommu_ops, reduced to what bears on domains and coherency.
+
+    ``host`` gives access to units and devices; ``profile`` to the era's switches."""
+
+    name = "base"
+    hw_info_type = 0
+
+    def __init__(self, host):
+        self.host = host
+        self.profile = host.profile
+
+    # device_iommu_capable(dev, IOMMU_CAP_ENFORCE_CACHE_COHERENCY)
+    def capable_enforce_cc(self, dev) -> bool:
+        return False
+
+    def domain_alloc(self, dev, flags: int = 0, parent: Domain | None = None, nested_data: bool = False) -> Domain:
+        if flags or parent is not None or nested_data:
+            raise KernelErr(errno.EOPNOTSUPP, f"{self.name}: no domain_alloc_user")
+        return self.host.new_domain(self.name)
+
+    @property
+    def has_domain_alloc_user(self) -> bool:
+        return False
+
+    # ops->enforce_cache_coherency; None when the driver has no such op
+    def enforce_cache_coherency(self, domain: Domain) -> bool | None:
+        return None
+
+    def attach_dev(self, domain: Domain, dev) -> None:
+        """Driver attach: raise KernelErr to refuse (EINVAL = incompatible)."""
+
+    def resv_regions(self, dev) -> list[tuple[int, int, str]]:
+        return []
+
+    def hw_info(self, dev) -> tuple[int, bytes]:
+        return 0, b""
+
+    def dma_coherent(self, domain: Domain, dev, iova: int, snoop: bool) -> bool:
+        """Is a DMA by ``dev`` through ``domain`` coherent with the CPU caches?"""
+        return snoop
+
+    def forces_snoop(self, domain: Domain, dev) -> bool:
+        """Is every no-snoop DMA by ``dev`` through ``domain``, now and after later maps, made coherent?"""
+        return False

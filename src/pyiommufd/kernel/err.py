@@ -1,0 +1,18 @@
+"""The kernel model's internal error: a negative errno on its way back to the ioctl."""
+from __future__ import annotations
+
+
+class KernelErr(Exception):
+    """Raised inside the model where the kernel returns ``-errno``.
+
+    ``detail`` says which check failed (the kernel says nothing; the emulator does,
+    to help the reader).  ``partial`` carries a byte count for ioctls that do part of
+    their work before failing (IOAS_UNMAP)."""
+
+    __slots__ = ("errno", "detail", "partial")
+
+    def __init__(self, err: int, detail: str = "", partial: int | None = None):
+        super().__init__(err, detail)
+        self.errno = err
+        self.detail = detail
+        self.partial = partial

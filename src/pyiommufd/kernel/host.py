@@ -1,0 +1,346 @@
+"""The emulated host kernel: devices, groups, open files, iommufd contexts, KVM.
+
+``Host.ioctl`` is the uAPI seam: it receives the caller's buffer and decodes it as
+the kernel does -- iommufd_fops_ioctl's ``size`` handling (min_size from the last
+field of the struct's first version: EINVAL below it; copy_struct_from_user: E2BIG for
+a non-zero tail past the kernel's struct), VFIO's ``argsz``/minsz, ENOTTY for unknown
+requests -- runs the handler, and writes back only on success.
+"""
+from __future__ import annotations
+
+import copy
+import ctypes
+import errno
+
+from .. import uapi
+from ..errors import EmulationGap
+from . import device as idevice
+from . import hw_pagetable, ioas, kvm as kvmmod, vfio
+from .drivers import DRIVERS
+from .drivers.base import Domain
+from .err import KernelErr
+from .iommu import IommuGroup
+from .main import IommufdCtx
+
+# First release of each iommufd command (nr -> (introduced, handler or None = not modelled)).
+_IOMMUFD_OPS = {
+    uapi.IOMMUFD_CMD_DESTROY: "6.2", uapi.IOMMUFD_CMD_IOAS_ALLOC: "6.2", uapi.IOMMUFD_CMD_IOAS_ALLOW_IOVAS: "6.2",
+    uapi.IOMMUFD_CMD_IOAS_COPY: "6.2", uapi.IOMMUFD_CMD_IOAS_IOVA_RANGES: "6.2", uapi.IOMMUFD_CMD_IOAS_MAP: "6.2",
+    uapi.IOMMUFD_CMD_IOAS_UNMAP: "6.2", uapi.IOMMUFD_CMD_OPTION: "6.2", uapi.IOMMUFD_CMD_VFIO_IOAS: "6.2",
+    uapi.IOMMUFD_CMD_HWPT_ALLOC: "6.6", uapi.IOMMUFD_CMD_GET_HW_INFO: "6.6",
+    uapi.IOMMUFD_CMD_HWPT_SET_DIRTY_TRACKING: "6.7", uapi.IOMMUFD_CMD_HWPT_GET_DIRTY_BITMAP: "6.7",
+    uapi.IOMMUFD_CMD_HWPT_INVALIDATE: "6.8", uapi.IOMMUFD_CMD_FAULT_QUEUE_ALLOC: "6.11",
+}
+_MIN_FIELD_FIRST_VERSION = {  # IOCTL_OP(..., _last): min_size = offsetofend of this field
+    uapi.IOMMUFD_CMD_DESTROY: (uapi.iommu_destroy, "id"),
+    uapi.IOMMUFD_CMD_IOAS_ALLOC: (uapi.iommu_ioas_alloc, "out_ioas_id"),
+    uapi.IOMMUFD_CMD_IOAS_MAP: (uapi.iommu_ioas_map, "iova"),
+    uapi.IOMMUFD_CMD_IOAS_UNMAP: (uapi.iommu_ioas_unmap, "length"),
+    uapi.IOMMUFD_CMD_VFIO_IOAS: (uapi.iommu_vfio_ioas, "__reserved"),
+    uapi.IOMMUFD_CMD_HWPT_ALLOC: (uapi.iommu_hwpt_alloc_v6_6, "__reserved"),
+    uapi.IOMMUFD_CMD_GET_HW_INFO: (uapi.iommu_hw_info_v6_6, "__reserved"),
+}
+
+
+def _version(v: str | None) -> tuple[int, int]:
+    return tuple(int(x) for x in (v or "99.99").split(".")[:2])
+
+
+class UserMemory:
+    """The emulated process's anonymous mappings, so the kernel can copy to user pointers."""
+
+    __slots__ = ("maps", "next_addr")
+
+    def __init__(self):
+        self.maps: dict[int, bytearray] = {}
+        self.next_addr = 0x7F0000000000
+
+    def mmap(self, length: int) -> int:
+        addr = self.next_addr
+        pages = max(1, -(-length // 4096))
+        self.maps[addr] = bytearray(pages * 4096)
+        self.next_addr += (pages + 1) * 4096   # a guard page between mappings
+        return addr
+
+    def write(self, addr: int, data: bytes) -> None:
+        for base, buf in self.maps.items():
+            if base <= addr and addr + len(data) <= base + len(buf):
+                buf[addr - base:addr - base + len(data)] = data
+                return
+        raise KernelErr(errno.EFAULT, f"user address {addr:#x} not mapped")
+
+    def read(self, addr: int, length: int) -> bytes:
+        for base, buf in self.maps.items():
+            if base <= addr and addr + length <= base + len(buf):
+                return bytes(buf[addr - base:addr - base + length])
+        raise KernelErr(errno.EFAULT, f"user address {addr:#x} not mapped")
+
+    def __deepcopy__(self, memo):
+        new = UserMemory.__new__(UserMemory)
+        new.maps = self.maps  # contents are scratch buffers: share them between clones
+        new.next_addr = self.next_addr
+        return new
+
+
+class Host:
+    """One emulated machine running one kernel (a profile) with one VMM process."""
+
+    def __init__(self, system, profile):
+        self.system = system
+        self.profile = profile
+        self.units = {u.name: u for u in system.units}
+        self.devices = {d.name: vfio.PhysDevice(d) for d in system.devices}
+        self.groups = {g: IommuGroup(g, [d.name for d in system.devices if d.group == g]) for g in system.groups}
+        self.driver = DRIVERS[system.iommu](self)
+        self.files: dict[int, object] = {}     # fd -> open file
+        self.ctxs: dict[int, IommufdCtx] = {}  # fd -> iommufd ctx (also in files)
+        self.kvm = kvmmod.Kvm() if system.kvm else None
+        self.mem = UserMemory()
+        self.next_fd = 3
+        self.domain_serial = 0
+        self.fail_nth = 0      # fail the Nth fallible step (0: never), as iommufd_fail_nth does
+        self.fallible_count = 0
+
+    # -- bookkeeping ---------------------------------------------------------------
+    def new_domain(self, driver: str, **kw) -> Domain:
+        self.domain_serial += 1
+        return Domain(driver, self.domain_serial, **kw)
+
+    def fallible(self, what: str) -> None:
+        """A step that can fail in the kernel (allocation, reserved regions): fail-nth hook."""
+        self.fallible_count += 1
+        if self.fail_nth and self.fallible_count == self.fail_nth:
+            raise KernelErr(errno.ENOMEM, f"fail-nth: injected failure at {what}")
+
+    def clone(self) -> "Host":
+        return copy.deepcopy(self)
+
+    def ctx_from_fd(self, fd: int) -> IommufdCtx:
+        """iommufd_ctx_from_fd: EBADF for a closed fd, EBADFD for a file that is not an iommufd."""
+        if fd not in self.files:
+            raise KernelErr(errno.EBADF, f"fd {fd} is not open")
+        ctx = self.ctxs.get(fd)
+        if ctx is None:
+            raise KernelErr(errno.EBADFD, f"fd {fd} is not an iommufd")
+        return ctx
+
+    # -- files -----------------------------------------------------------------------
+    def open(self, path: str) -> int:
+        if path == "/dev/iommu":
+            fd = self._new_fd()
+            ctx = IommufdCtx(self, fd)
+            ctx.refs = 1
+            self.ctxs[fd] = ctx
+            self.files[fd] = ctx
+            return fd
+        if path.startswith("/dev/vfio/devices/vfio"):
+            if not self.profile.vfio_cdev:
+                raise KernelErr(errno.ENOENT, f"{path}: no VFIO device cdevs before 6.6")
+            n = path[len("/dev/vfio/devices/vfio"):]
+            dev = next((d for d in self.devices.values() if str(d.cdev) == n), None)
+            if dev is None:
+                raise KernelErr(errno.ENOENT, f"{path}: no such device")
+            f = vfio.CdevFile(dev)
+        elif path.startswith("/dev/vfio/"):
+            g = path[len("/dev/vfio/"):]
+            if g not in self.groups:
+                raise KernelErr(errno.ENOENT, f"{path}: no such group")
+            if any(getattr(o, "group", None) == g and o.kind == "group" for o in self.files.values()):
+                raise KernelErr(errno.EBUSY, f"{path}: group already open")
+            if any(self.devices[d].open_via == "cdev" for d in self.groups[g].devices):
+                raise KernelErr(errno.EBUSY, f"{path}: a device of the group is bound through its cdev")
+            f = vfio.GroupFile(g)
+        else:
+            raise KernelErr(errno.ENOENT, f"{path}: not emulated")
+        f.refs = 1
+        fd = self._new_fd()
+        self.files[fd] = f
+        return fd
+
+    def _new_fd(self) -> int:
+        fd = self.next_fd
+        while fd in self.files:
+            fd += 1
+        self.next_fd = fd + 1
+        return fd
+
+    def close(self, fd: int) -> None:
+        f = self.files.pop(fd, None)
+        if f is None:
+            raise KernelErr(errno.EBADF, f"fd {fd} is not open")
+        self.put_file(f)
+
+    def put_file(self, f) -> None:
+        """fput: the file is released when no fd and no kernel user (KVM) holds it."""
+        f.refs -= 1
+        if f.refs:
+            return
+        if isinstance(f, IommufdCtx):
+            # Devices bound to this ctx keep it alive (iommufd_ctx_get in bind); VFIO files
+            # going away unbind them.  A VMM closes its devices first; we require it.
+            if any(d.ctx_fd == f.fd for d in self.devices.values()):
+                f.refs += 1
+                self.files[f.fd] = f
+                raise KernelErr(errno.EBUSY, "close of an iommufd with devices still bound is not modelled")
+            f.release()
+            del self.ctxs[f.fd]
+        elif f.kind == "cdev":
+            if f.access_granted:
+                vfio.physical_unbind(self, f.dev)
+        elif f.kind == "group-device":
+            vfio.physical_unbind(self, f.dev)
+        if self.kvm is not None and f.kind in ("cdev", "group", "group-device"):
+            kvmmod.update_coherency(self, self.kvm)
+
+    # -- ioctl -------------------------------------------------------------------------
+    def ioctl(self, fd: int, request: int, buf) -> int:
+        """Decode ``buf`` (a writable buffer: ctypes struct or bytearray) as the kernel would."""
+        f = self.files.get(fd)
+        if f is None:
+            raise KernelErr(errno.EBADF, f"fd {fd} is not open")
+        if isinstance(f, IommufdCtx):
+            return self._iommufd_ioctl(f, request, buf)
+        if f.kind == "cdev":
+            return self._cdev_ioctl(f, request, buf)
+        if f.kind == "group":
+            return self._group_ioctl(f, request, buf)
+        raise KernelErr(errno.ENOTTY, "device ioctls other than iommufd's are not modelled")
+
+    def _iommufd_ioctl(self, ctx: IommufdCtx, request: int, buf) -> int:
+        nr = uapi.ioc_nr(request)
+        intro = _IOMMUFD_OPS.get(nr)
+        kernel = _version(self.profile.kernel)
+        if intro is None or _version(intro) > kernel:
+            raise KernelErr(errno.ENOTTY, "unknown iommufd ioctl for this kernel")   # -> iommufd_vfio_ioctl
+        if request != uapi._IO(uapi.IOMMUFD_TYPE, nr):
+            raise KernelErr(errno.ENOTTY, "request number has direction/size bits")   # -ENOIOCTLCMD
+        mv = memoryview(buf).cast("B")
+        if len(mv) < 4:
+            raise KernelErr(errno.EFAULT, "buffer shorter than the size field")
+        user_size = int.from_bytes(mv[:4], "little")
+        handler, kstruct = self._iommufd_handler(nr)
+        first, last_field = _MIN_FIELD_FIRST_VERSION[nr]
+        if user_size < uapi.offsetofend(first, last_field):
+            raise KernelErr(errno.EINVAL, f"size {user_size} below the minimum {uapi.offsetofend(first, last_field)}")
+        if user_size > len(mv):
+            raise KernelErr(errno.EFAULT, f"size {user_size} exceeds the buffer ({len(mv)} bytes)")
+        ksize = ctypes.sizeof(kstruct)
+        if user_size > ksize and any(mv[ksize:user_size]):
+            raise KernelErr(errno.E2BIG, "non-zero bytes past the kernel's struct")
+        n = min(user_size, ksize)
+        cmd = kstruct.from_buffer_copy(bytes(mv[:n]) + bytes(ksize - n))
+        handler(ctx, cmd)
+        mv[:n] = bytes(cmd)[:n]   # iommufd_ucmd_respond: min(user_size, struct size)
+        return 0
+
+    def _iommufd_handler(self, nr: int):
+        p = self.profile
+        if nr == uapi.IOMMUFD_CMD_DESTROY:
+            return (lambda ctx, cmd: ctx.remove(cmd.id)), uapi.iommu_destroy
+        if nr == uapi.IOMMUFD_CMD_IOAS_ALLOC:
+            return ioas.ioas_alloc, uapi.iommu_ioas_alloc
+        if nr == uapi.IOMMUFD_CMD_IOAS_MAP:
+            return ioas.ioas_map, uapi.iommu_ioas_map
+        if nr == uapi.IOMMUFD_CMD_IOAS_UNMAP:
+            return ioas.ioas_unmap, uapi.iommu_ioas_unmap
+        if nr == uapi.IOMMUFD_CMD_VFIO_IOAS:
+            return ioas.vfio_ioas, uapi.iommu_vfio_ioas
+        if nr == uapi.IOMMUFD_CMD_HWPT_ALLOC:
+            return hw_pagetable.hwpt_alloc, uapi.HWPT_ALLOC_LAYOUTS[p.hwpt_alloc]
+        if nr == uapi.IOMMUFD_CMD_GET_HW_INFO:
+            return (lambda ctx, cmd: idevice.get_hw_info(ctx, cmd, self.mem)), uapi.HW_INFO_LAYOUTS[p.hw_info]
+        raise EmulationGap(f"{uapi.request_name(uapi._IO(uapi.IOMMUFD_TYPE, nr))} is not modelled by the emulator")
+
+    def _cdev_ioctl(self, f, request: int, buf) -> int:
+        """vfio_device_fops_unl_ioctl: BIND first; anything else needs access_granted (EINVAL)."""
+        structs = {uapi.VFIO_DEVICE_BIND_IOMMUFD: (uapi.vfio_device_bind_iommufd, "out_devid", vfio.cdev_bind),
+                   uapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT: (uapi.vfio_device_attach_iommufd_pt, "pt_id", vfio.cdev_attach),
+                   uapi.VFIO_DEVICE_DETACH_IOMMUFD_PT: (uapi.vfio_device_detach_iommufd_pt, "flags", vfio.cdev_detach)}
+        if request != uapi.VFIO_DEVICE_BIND_IOMMUFD and not f.access_granted:
+            raise KernelErr(errno.EINVAL, "device not bound (access not granted)")
+        if request not in structs:
+            raise KernelErr(errno.ENOTTY, "ioctl not modelled for VFIO devices")
+        kstruct, last, handler = structs[request]
+        minsz = uapi.offsetofend(kstruct, last)
+        mv = memoryview(buf).cast("B")
+        if len(mv) < minsz:
+            raise KernelErr(errno.EFAULT, f"buffer shorter than minsz {minsz}")
+        cmd = kstruct.from_buffer_copy(bytes(mv[:minsz]))
+        handler(self, f, cmd, minsz)
+        out = {uapi.VFIO_DEVICE_BIND_IOMMUFD: "out_devid", uapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT: "pt_id"}.get(request)
+        if out:   # copy_to_user of just that field
+            fld = getattr(kstruct, out)
+            mv[fld.offset:fld.offset + fld.size] = bytes(cmd)[fld.offset:fld.offset + fld.size]
+        return 0
+
+    def _group_ioctl(self, f, request: int, buf) -> int:
+        mv = memoryview(buf).cast("B")
+        if request == uapi.VFIO_GROUP_SET_CONTAINER:
+            vfio.group_set_container(self, f, int.from_bytes(bytes(mv[:4]), "little", signed=True))
+            return 0
+        if request == uapi.VFIO_GROUP_UNSET_CONTAINER:
+            if f.ctx_fd is None:
+                raise KernelErr(errno.EINVAL, "no container")
+            if any(d.open_via == "group" and d.group == f.group for d in self.devices.values()):
+                raise KernelErr(errno.EBUSY, "devices of the group are open")
+            f.ctx_fd = None
+            return 0
+        if request == uapi.VFIO_GROUP_GET_DEVICE_FD:
+            name = bytes(mv).split(b"\0", 1)[0].decode()
+            dev = vfio.group_get_device_fd(self, f, name)
+            df = vfio.GroupDeviceFile(dev)
+            df.refs = 1
+            fd = self._new_fd()
+            self.files[fd] = df
+            return fd
+        raise KernelErr(errno.ENOTTY, "group ioctl not modelled")
+
+    # -- KVM and DMA -------------------------------------------------------------------
+    def kvm_file(self, op: str, fd: int) -> None:
+        """KVM_DEV_VFIO_FILE_ADD / _DEL on the VM's kvm-vfio device."""
+        if self.kvm is None:
+            raise KernelErr(errno.ENODEV, "this system has no VM (set [system] kvm = true)")
+        f = self.files.get(fd)
+        if f is None:
+            raise KernelErr(errno.EBADF, f"fd {fd} is not open")
+        (kvmmod.file_add if op == "add" else kvmmod.file_del)(self, self.kvm, f)
+
+    def guest_running(self) -> None:
+        if self.kvm is not None:
+            self.kvm.sptes_present = True
+
+    def dma(self, name: str, iova: int, length: int, snoop: bool) -> dict:
+        """The device does DMA: record whether it was coherent with the CPU caches."""
+        dev = self.devices.get(name)
+        if dev is None:
+            raise KernelErr(errno.ENODEV, f"no device {name}")
+        self.guest_running()
+        group = self.groups[dev.group]
+        if group.domain is None:
+            raise KernelErr(errno.EIO, f"{name} is not attached: DMA is blocked")
+        dom = group.domain
+        target = dom.parent if dom.kind == "nested" else dom
+        if target.pte_at(iova) is None or target.pte_at(iova + max(length, 1) - 1) is None:
+            raise KernelErr(errno.EFAULT, f"IOMMU fault: {iova:#x} not mapped in {name}'s domain")
+        coherent = self.driver.dma_coherent(dom, dev, iova, snoop)
+        kvm_handles = self.kvm is not None and self.kvm.wbinvd_emulated
+        return {"coherent": coherent, "kvm_flushes": kvm_handles}
+
+    # -- views ---------------------------------------------------------------------------
+    def snapshot(self):
+        """The whole state as a hashable value (domain serial counters excluded: unobservable)."""
+        domains = {}
+        for ctx in self.ctxs.values():
+            for o in ctx.objects.values():
+                if getattr(o, "domain", None) is not None:
+                    domains[o.domain.serial] = o.domain.snapshot()
+        for g in self.groups.values():
+            if g.domain is not None:
+                domains[g.domain.serial] = g.domain.snapshot()
+        return (tuple(sorted((fd, c.snapshot()) for fd, c in self.ctxs.items())),
+                tuple(sorted((fd, f.snapshot() if not isinstance(f, IommufdCtx) else ("iommufd",), f.refs)
+                             for fd, f in self.files.items())),
+                tuple(d.snapshot() for d in self.devices.values()),
+                tuple(g.snapshot() for g in self.groups.values()),
+                tuple(sorted(domains.items())),
+                self.kvm.snapshot() if self.kvm else None)

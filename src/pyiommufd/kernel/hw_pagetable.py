@@ -1,0 +1,207 @@
+"""HWPT objects: allocation, the CC decision, destroy.  Mirrors
+drivers/iommu/iommufd/hw_pagetable.c (6.12.117; the 6.6 and 6.8 differences are
+profile switches, see profiles.py)."""
+from __future__ import annotations
+
+import errno
+
+from .. import uapi
+from .err import KernelErr
+from .main import OBJ_DEVICE, OBJ_HWPT_NESTED, OBJ_HWPT_PAGING, OBJ_IOAS, IommufdCtx, Obj
+
+
+class HwptPaging(Obj):
+    """struct iommufd_hwpt_paging.  ``enforce_cc`` is iommufd's own
+    hwpt_paging->enforce_cache_coherency: set only when the driver agreed."""
+
+    __slots__ = ("ioas", "domain", "auto_domain", "enforce_cc", "nest_parent", "filled")
+
+    def __init__(self, ioas, nest_parent: bool = False):
+        super().__init__(OBJ_HWPT_PAGING)
+        self.ioas = ioas
+        self.domain = None
+        self.auto_domain = False
+        self.enforce_cc = False
+        self.nest_parent = nest_parent
+        self.filled = False   # added to the IOAS's io_pagetable (mirrors its mappings)
+
+    def destroy(self, ctx: IommufdCtx) -> None:
+        """iommufd_hwpt_paging_destroy: off the IOAS's list, unfill, free, drop the IOAS user."""
+        if self in self.ioas.hwpt_list:
+            self.ioas.hwpt_list.remove(self)
+        if self.filled:
+            self.ioas.iopt.remove_domain(self.domain)
+            self.filled = False
+        self.ioas.users -= 1
+
+    def snapshot(self):
+        return (self.ioas.id, self.domain.serial, self.auto_domain, self.enforce_cc, self.nest_parent, self.filled)
+
+
+class HwptNested(Obj):
+    """struct iommufd_hwpt_nested: a stage-1 domain on a NEST_PARENT paging HWPT."""
+
+    __slots__ = ("parent", "domain")
+
+    def __init__(self, parent: HwptPaging):
+        super().__init__(OBJ_HWPT_NESTED)
+        self.parent = parent
+        self.domain = None
+
+    @property
+    def enforce_cc(self) -> bool:
+        return self.parent.enforce_cc
+
+    def destroy(self, ctx: IommufdCtx) -> None:
+        self.parent.users -= 1
+
+    def snapshot(self):
+        return (self.parent.id, self.domain.serial)
+
+
+def is_paging(hwpt) -> bool:
+    return isinstance(hwpt, HwptPaging)
+
+
+def enforce_cc(hwpt: HwptPaging, host) -> None:
+    """iommufd_hwpt_paging_enforce_cc: ask the driver once; EINVAL if it refuses or has no op."""
+    if hwpt.enforce_cc:
+        return
+    if host.driver.enforce_cache_coherency(hwpt.domain):
+        hwpt.enforce_cc = True
+        return
+    raise KernelErr(errno.EINVAL, "the IOMMU driver cannot enforce cache coherency on this domain")
+
+
+def paging_alloc(ctx: IommufdCtx, ioas, idev, flags: int, immediate_attach: bool, *, want_cc: bool | None = None
+                 ) -> HwptPaging:
+    """iommufd_hwpt_paging_alloc (6.12.117) / iommufd_hw_pagetable_alloc (6.2-6.6).
+
+    Returns an allocated, not yet finalized HWPT on the IOAS's list; the caller
+    finalizes or aborts it (``abort_paging``).  The CC decision:
+      * E1 (cc_at_alloc off): none here; the upgrade at the first attach decides.
+      * E2/E3: enforce if the allocating device is CC-capable (a refusal is a driver bug: EINVAL).
+      * proposal-want-cc: a user HWPT is CC iff the user asked (``want_cc``).
+    In E1 the domain is added to the io_pagetable at its first attach
+    (6.2.1 iommufd_device_do_attach), from 6.6 here, after the CC decision."""
+    host, p = ctx.host, ctx.host.profile
+    from .device import hw_pagetable_attach, hw_pagetable_detach  # device.c calls back into us
+    valid = uapi.IOMMU_HWPT_ALLOC_NEST_PARENT | uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING if p.nesting else 0
+    if flags and not host.driver.has_domain_alloc_user:
+        raise KernelErr(errno.EOPNOTSUPP, "driver has no domain_alloc_user")
+    if flags & ~valid:
+        raise KernelErr(errno.EOPNOTSUPP, f"unsupported HWPT_ALLOC flags {flags:#x}")
+    if flags & uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING and not host.units[idev.dev.unit].dirty_tracking:
+        raise KernelErr(errno.EOPNOTSUPP, "device's IOMMU cannot track dirty pages")
+    hwpt = ctx.alloc(HwptPaging(ioas, bool(flags & uapi.IOMMU_HWPT_ALLOC_NEST_PARENT)))
+    ioas.users += 1  # pairs with HwptPaging.destroy
+    try:
+        host.fallible("domain alloc")
+        hwpt.domain = host.driver.domain_alloc(idev.dev, flags)
+        if want_cc if want_cc is not None else (p.cc_at_alloc and idev.enforce_cc):
+            enforce_cc(hwpt, host)
+        if immediate_attach:
+            hw_pagetable_attach(ctx, hwpt, idev)
+        if p.era != "E1":
+            try:
+                fill(hwpt)
+            except KernelErr:
+                if immediate_attach:
+                    hw_pagetable_detach(ctx, idev)
+                raise
+    except KernelErr:
+        ioas.users -= 1
+        ctx.abort(hwpt)
+        raise
+    ioas.hwpt_list.append(hwpt)  # list_add_tail: the auto-domain walk tries the oldest first
+    return hwpt
+
+
+def fill(hwpt: HwptPaging) -> None:
+    """iopt_table_add_domain: the domain mirrors every mapping of the IOAS from now on."""
+    hwpt.ioas.iopt.add_domain(hwpt.domain)
+    hwpt.filled = True
+
+
+def abort_paging(ctx: IommufdCtx, hwpt: HwptPaging) -> None:
+    """iommufd_object_abort_and_destroy for a paging HWPT that was never finalized."""
+    HwptPaging.destroy(hwpt, ctx)
+    ctx.abort(hwpt)
+
+
+def nested_alloc(ctx: IommufdCtx, parent: HwptPaging, idev, flags: int, has_data: bool) -> HwptNested:
+    """iommufd_hwpt_nested_alloc (6.8+): only FAULT_ID_VALID, data required (EOPNOTSUPP);
+    the parent must be a user-allocated NEST_PARENT (EINVAL)."""
+    host = ctx.host
+    if flags & ~uapi.IOMMU_HWPT_FAULT_ID_VALID or not has_data or not host.driver.has_domain_alloc_user:
+        raise KernelErr(errno.EOPNOTSUPP, "nested HWPT: no flags but FAULT_ID_VALID, and data required")
+    if parent.auto_domain or not parent.nest_parent:
+        raise KernelErr(errno.EINVAL, "parent HWPT is not a user-allocated NEST_PARENT")
+    hwpt = ctx.alloc(HwptNested(parent))
+    parent.users += 1  # pairs with HwptNested.destroy
+    try:
+        host.fallible("domain alloc")
+        hwpt.domain = host.driver.domain_alloc(idev.dev, 0, parent=parent.domain, nested_data=True)
+    except KernelErr:
+        parent.users -= 1
+        ctx.abort(hwpt)
+        raise
+    return hwpt
+
+
+def hwpt_alloc(ctx: IommufdCtx, cmd) -> None:
+    """IOMMU_HWPT_ALLOC: iommufd_hwpt_alloc.
+
+    6.6.0: flags or __reserved -> EOPNOTSUPP; dev_id, then pt_id as an IOAS (ENOENT).
+    6.8/6.12.117: __reserved -> EOPNOTSUPP; data_type/data_len mismatch -> EINVAL; dev_id
+    (ENOENT); pt_id any object (unknown -> EINVAL); IOAS -> paging, paging HWPT -> nested,
+    anything else -> EINVAL.  (FAULT_ID_VALID needs a FAULT object, not modelled.)"""
+    p = ctx.host.profile
+    flags = cmd.flags
+    want_cc = None
+    if p.want_cc_flag and flags & uapi.IOMMU_HWPT_ALLOC_PROPOSED_WANT_CC:
+        flags &= ~uapi.IOMMU_HWPT_ALLOC_PROPOSED_WANT_CC
+        want_cc = True
+    elif p.want_cc_flag:
+        want_cc = False
+    if p.hwpt_alloc == "6.6":
+        if flags or getattr(cmd, "__reserved"):
+            raise KernelErr(errno.EOPNOTSUPP, "HWPT_ALLOC (6.6) takes no flags")
+        idev = ctx.get(cmd.dev_id, OBJ_DEVICE)
+        pt = ctx.get(cmd.pt_id, OBJ_IOAS)
+        data_len = 0
+    else:
+        if getattr(cmd, "__reserved"):  # 6.12.117 never looks at __reserved2
+            raise KernelErr(errno.EOPNOTSUPP, "non-zero __reserved")
+        data_len = cmd.data_len
+        if (cmd.data_type == uapi.IOMMU_HWPT_DATA_NONE) != (data_len == 0):
+            raise KernelErr(errno.EINVAL, "data_type and data_len disagree")
+        idev = ctx.get(cmd.dev_id, OBJ_DEVICE)
+        try:
+            pt = ctx.get(cmd.pt_id)
+        except KernelErr:
+            raise KernelErr(errno.EINVAL, f"no object with id {cmd.pt_id}") from None
+    if pt.type == OBJ_IOAS:
+        if data_len:
+            raise KernelErr(errno.EOPNOTSUPP, "driver-specific data for a paging HWPT is not modelled")
+        if flags & uapi.IOMMU_HWPT_FAULT_ID_VALID:
+            raise KernelErr(errno.EOPNOTSUPP, "FAULT_ID_VALID on a paging HWPT")
+        hwpt = paging_alloc(ctx, pt, idev, flags, False, want_cc=want_cc)
+    elif pt.type == OBJ_HWPT_PAGING:
+        if flags & uapi.IOMMU_HWPT_FAULT_ID_VALID:
+            raise KernelErr(errno.EOPNOTSUPP, "IOMMU_FAULT_QUEUE_ALLOC objects are not modelled")
+        if cmd.data_type not in (uapi.IOMMU_HWPT_DATA_NONE, uapi.IOMMU_HWPT_DATA_VTD_S1) or (
+                cmd.data_type == uapi.IOMMU_HWPT_DATA_VTD_S1 and ctx.host.driver.name != "intel"):
+            raise KernelErr(errno.EOPNOTSUPP, f"data_type {cmd.data_type} not supported by the driver")
+        hwpt = nested_alloc(ctx, pt, idev, flags, bool(data_len))
+    else:
+        raise KernelErr(errno.EINVAL, f"pt_id {cmd.pt_id} is a {pt.type}, not an IOAS or paging HWPT")
+    cmd.out_hwpt_id = hwpt.id
+    ctx.finalize(hwpt)
+
+
+def hwpt_put(ctx: IommufdCtx, hwpt) -> None:
+    """iommufd_hw_pagetable_put: drop a device's user; an auto-domain dies with its last device."""
+    hwpt.users -= 1
+    if is_paging(hwpt) and hwpt.auto_domain and hwpt.users == 1:
+        ctx.destroy(hwpt)

@@ -1,0 +1,347 @@
+"""Scenario files (TOML): loading and validation.
+
+Validation rejects only what cannot be put into an ioctl at all (unknown keys or ops,
+wrong types, negative numbers, values wider than their field, names never bound);
+anything the kernel can be asked -- an unaligned IOVA, a zero length, a surprising
+order -- is left for the kernel to answer.  Every error names the file, the step (or
+section) and the offending key or value.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import uapi
+from .errors import ScenarioError
+from .hazards import KINDS
+from .profiles import PROFILES
+from .system import IOMMU_KINDS, INTEL_PAGE_TABLES, DeviceDesc, System, Unit
+
+U32, U64 = (1 << 32) - 1, (1 << 64) - 1
+
+# op -> {key: (type, required)}; types: "device", "ref" (name bound by `as`, or u32 id),
+# "name" (a new binding), "u64", "bool", "flags".
+_DEV = ("device", True)
+OPS: dict[str, dict[str, tuple[str, bool]]] = {
+    "ioas_alloc": {"as": ("name", False)},
+    "map": {"ioas": ("ref", True), "iova": ("u64", True), "length": ("u64", True),
+            "readable": ("bool", False), "writeable": ("bool", False)},
+    "unmap": {"ioas": ("ref", True), "iova": ("u64", True), "length": ("u64", True)},
+    "hwpt_alloc": {"device": _DEV, "pt": ("ref", True), "flags": ("flags", False), "want_cc": ("bool", False),
+                   "as": ("name", False)},
+    "bind": {"device": _DEV, "as": ("name", False)},
+    "unbind": {"device": _DEV},
+    "attach": {"device": _DEV, "pt": ("ref", True), "as": ("name", False)},
+    "replace": {"device": _DEV, "pt": ("ref", True), "as": ("name", False)},
+    "detach": {"device": _DEV},
+    "destroy": {"id": ("ref", True)},
+    "kvm_add": {"device": _DEV},
+    "kvm_del": {"device": _DEV},
+    "hotplug": {"device": _DEV, "as": ("name", False)},
+    "hot_unplug": {"device": _DEV},
+    "dma": {"device": _DEV, "iova": ("u64", True), "length": ("u64", True), "snoop": ("bool", False)},
+    "hw_info": {"device": _DEV},
+}
+COMMON_KEYS = {"op", "expect", "expect_by_profile", "note"}
+EXPECT_KEYS = {"ok": bool, "errno": str, "pt": object, "hazards": list, "domains": int}
+TOP_KEYS = {"name", "description", "profile", "profiles", "system", "devices", "steps", "explore"}
+
+
+@dataclass
+class Step:
+    index: int
+    op: str
+    args: dict
+    expect: dict | None = None
+    expect_by_profile: dict = field(default_factory=dict)
+    after: tuple[str, ...] = ()
+    label: str = ""
+
+    def expect_for(self, profile: str) -> dict | None:
+        """The profile's own expect table replaces the default one."""
+        return self.expect_by_profile.get(profile, self.expect)
+
+    def to_json(self) -> dict:
+        return {"op": self.op, **self.args}
+
+
+@dataclass
+class Scenario:
+    source: str
+    name: str
+    description: str
+    profile: str
+    profiles: tuple[str, ...]
+    system: System
+    steps: list[Step]
+    events: list[Step]
+
+
+class _Ctx:
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, where: str, msg: str) -> None:
+        raise ScenarioError(f"{self.source}: {where}: {msg}")
+
+
+def _type_name(v) -> str:
+    return {bool: "boolean", int: "integer", str: "string", list: "array", dict: "table",
+            float: "float"}.get(type(v), type(v).__name__)
+
+
+def load(path: str | Path) -> Scenario:
+    """Read and validate a scenario file; ScenarioError (one line, naming file and step) if bad."""
+    p = Path(path)
+    source = str(path)
+    try:
+        text = p.read_bytes()
+    except FileNotFoundError:
+        raise ScenarioError(f"{source}: no such file") from None
+    except IsADirectoryError:
+        raise ScenarioError(f"{source}: is a directory, not a scenario file") from None
+    except OSError as e:
+        raise ScenarioError(f"{source}: cannot read: {e.strerror}") from None
+    try:
+        data = tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ScenarioError(f"{source}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ScenarioError(f"{source}: invalid TOML: {e}") from None
+    return parse(data, source, default_name=p.stem)
+
+
+def parse(data: dict, source: str = "<scenario>", default_name: str = "scenario") -> Scenario:
+    c = _Ctx(source)
+    for k in data:
+        if k not in TOP_KEYS:
+            c.fail("top level", f"unknown key {k!r} (expected one of: {', '.join(sorted(TOP_KEYS))})")
+    name = _str(c, "top level", "name", data.get("name", default_name))
+    description = _str(c, "top level", "description", data.get("description", ""))
+    profile = _profile(c, "top level", "profile", data.get("profile", "linux-6.12"))
+    profiles = data.get("profiles", [profile])
+    if not isinstance(profiles, list) or not profiles:
+        c.fail("top level", f"'profiles' must be a non-empty array of profile names, got {_type_name(profiles)}")
+    profiles = tuple(_profile(c, "top level", "profiles", x) for x in profiles)
+    system = _system(c, data.get("system", {}), data.get("devices", []))
+    devices = {d.name for d in system.devices}
+    steps_raw = data.get("steps", [])
+    if not isinstance(steps_raw, list) or not all(isinstance(s, dict) for s in steps_raw):
+        c.fail("top level", "'steps' must be an array of tables ([[steps]])")
+    explore = data.get("explore", {})
+    if not isinstance(explore, dict):
+        c.fail("top level", "'explore' must be a table ([explore])")
+    for k in explore:
+        if k != "events":
+            c.fail("[explore]", f"unknown key {k!r} (expected: events)")
+    events_raw = explore.get("events", [])
+    if not isinstance(events_raw, list) or not all(isinstance(s, dict) for s in events_raw):
+        c.fail("[explore]", "'events' must be an array of tables")
+    # names bound by `as` anywhere in events may be used by other events (order is explored)
+    event_names = {e.get("as") for e in events_raw if isinstance(e.get("as"), str)}
+    bound: set[str] = set()
+    steps = [_step(c, f"step {i}", i, raw, devices, bound, event=False) for i, raw in enumerate(steps_raw)]
+    ev_bound = bound | event_names
+    events = [_step(c, f"event {i}", i, raw, devices, ev_bound, event=True) for i, raw in enumerate(events_raw)]
+    labels = [e.label for e in events]
+    for e in events:
+        for a in e.after:
+            if a not in labels:
+                c.fail(f"event {e.index}", f"'after' names {a!r}, which is no event's label "
+                                           f"(labels: {', '.join(labels)})")
+    return Scenario(source, name, description, profile, profiles, system, steps, events)
+
+
+def _str(c, where, key, v) -> str:
+    if not isinstance(v, str):
+        c.fail(where, f"{key!r} must be a string, got {_type_name(v)}")
+    return v
+
+
+def _bool(c, where, key, v) -> bool:
+    if not isinstance(v, bool):
+        c.fail(where, f"{key!r} must be true or false, got {_type_name(v)} {v!r}")
+    return v
+
+
+def _int(c, where, key, v, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        c.fail(where, f"{key!r} must be an integer, got {_type_name(v)} {v!r}")
+    if v < 0:
+        c.fail(where, f"{key!r} = {v} is negative")
+    if v > hi:
+        c.fail(where, f"{key!r} = {v:#x} does not fit in {hi.bit_length()} bits")
+    return v
+
+
+def _profile(c, where, key, v) -> str:
+    v = _str(c, where, key, v)
+    if v not in PROFILES:
+        c.fail(where, f"{key!r}: unknown profile {v!r} (known: {', '.join(PROFILES)})")
+    return v
+
+
+def _system(c, sysraw, devraw) -> System:
+    where = "[system]"
+    if not isinstance(sysraw, dict):
+        c.fail("top level", "'system' must be a table ([system])")
+    allowed = {"iommu", "units", "kvm", "intel_page_table"}
+    for k in sysraw:
+        if k not in allowed:
+            c.fail(where, f"unknown key {k!r} (expected one of: {', '.join(sorted(allowed))})")
+    iommu = _str(c, where, "iommu", sysraw.get("iommu", "intel"))
+    if iommu not in IOMMU_KINDS:
+        c.fail(where, f"'iommu': unknown IOMMU {iommu!r} (expected one of: {', '.join(IOMMU_KINDS)})")
+    kvm = _bool(c, where, "kvm", sysraw.get("kvm", False))
+    pt = _str(c, where, "intel_page_table", sysraw.get("intel_page_table", "second-level"))
+    if pt not in INTEL_PAGE_TABLES:
+        c.fail(where, f"'intel_page_table': {pt!r} is not one of {', '.join(INTEL_PAGE_TABLES)}")
+    units_raw = sysraw.get("units", [{"name": "unit0"}])
+    if not isinstance(units_raw, list) or not units_raw or not all(isinstance(u, dict) for u in units_raw):
+        c.fail(where, "'units' must be a non-empty array of tables like { name = \"dmar0\", snoop_control = true }")
+    units = []
+    for i, u in enumerate(units_raw):
+        w = f"[system] units[{i}]"
+        for k in u:
+            if k not in {"name", "snoop_control", "nesting", "dirty_tracking"}:
+                c.fail(w, f"unknown key {k!r} (expected: name, snoop_control, nesting, dirty_tracking)")
+        if "name" not in u:
+            c.fail(w, "missing key 'name'")
+        units.append(Unit(_str(c, w, "name", u["name"]), _bool(c, w, "snoop_control", u.get("snoop_control", True)),
+                          _bool(c, w, "nesting", u.get("nesting", False)),
+                          _bool(c, w, "dirty_tracking", u.get("dirty_tracking", False))))
+    unit_names = [u.name for u in units]
+    for n in unit_names:
+        if unit_names.count(n) > 1:
+            c.fail(where, f"duplicate unit name {n!r}")
+    if not isinstance(devraw, list) or not all(isinstance(d, dict) for d in devraw):
+        c.fail("top level", "'devices' must be an array of tables ([[devices]])")
+    devices = []
+    for i, d in enumerate(devraw):
+        w = f"devices[{i}]"
+        for k in d:
+            if k not in {"name", "unit", "group", "canwbs"}:
+                c.fail(w, f"unknown key {k!r} (expected: name, unit, group, canwbs)")
+        if "name" not in d:
+            c.fail(w, "missing key 'name'")
+        name = _str(c, w, "name", d["name"])
+        if not name:
+            c.fail(w, "'name' is empty")
+        if name in [x.name for x in devices]:
+            c.fail(w, f"duplicate device name {name!r}")
+        if "unit" in d:
+            unit = _str(c, w, "unit", d["unit"])
+            if unit not in unit_names:
+                c.fail(w, f"'unit': unknown unit {unit!r} (units: {', '.join(unit_names)})")
+        elif len(units) == 1:
+            unit = units[0].name
+        else:
+            c.fail(w, f"missing key 'unit' (the system has {len(units)} units: {', '.join(unit_names)})")
+        group = _str(c, w, "group", d.get("group", f"group-{name}"))
+        devices.append(DeviceDesc(name, unit, group, _bool(c, w, "canwbs", d.get("canwbs", False)), cdev=i))
+    return System(iommu=iommu, units=tuple(units), devices=tuple(devices), kvm=kvm, intel_page_table=pt)
+
+
+def _ref(c, where, key, v, bound) -> str | int:
+    if isinstance(v, str):
+        if v not in bound:
+            c.fail(where, f"{key!r}: name {v!r} is not bound by an earlier step's 'as'")
+        return v
+    return _int(c, where, key, v, U32)
+
+
+def _step(c, where, index, raw, devices, bound, event: bool) -> Step:
+    if "op" not in raw:
+        c.fail(where, "missing key 'op'")
+    op = raw["op"]
+    if not isinstance(op, str) or op not in OPS:
+        c.fail(where, f"unknown op {op!r} (expected one of: {', '.join(OPS)})")
+    spec = OPS[op]
+    extra = {"after", "label"} if event else set()
+    args = {}
+    for k, v in raw.items():
+        if k in COMMON_KEYS or k in extra:
+            continue
+        if k not in spec:
+            c.fail(where, f"op {op!r}: unknown key {k!r} (expected: {', '.join(list(spec) + sorted(COMMON_KEYS))})")
+        typ = spec[k][0]
+        w = f"{where} ({op})"
+        if typ == "device":
+            v = _str(c, w, k, v)
+            if v not in devices:
+                c.fail(w, f"{k!r}: unknown device {v!r} (devices: {', '.join(sorted(devices)) or 'none'})")
+        elif typ == "ref":
+            v = _ref(c, w, k, v, bound)
+        elif typ == "name":
+            v = _str(c, w, k, v)
+            if not v:
+                c.fail(w, "'as' is empty")
+        elif typ == "u64":
+            v = _int(c, w, k, v, U64)
+        elif typ == "bool":
+            v = _bool(c, w, k, v)
+        elif typ == "flags":
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                c.fail(w, f"{k!r} must be an array of flag names ({', '.join(uapi.HWPT_ALLOC_FLAGS)})")
+            for x in v:
+                if x not in uapi.HWPT_ALLOC_FLAGS:
+                    c.fail(w, f"{k!r}: unknown flag {x!r} (known: {', '.join(uapi.HWPT_ALLOC_FLAGS)})")
+        args[k] = v
+    for k, (_, required) in spec.items():
+        if required and k not in args:
+            c.fail(f"{where} ({op})", f"missing key {k!r}")
+    if "as" in args:
+        bound.add(args["as"])
+    if "note" in raw:
+        _str(c, where, "note", raw["note"])
+    expect = _expect(c, f"{where} expect", raw["expect"], bound) if "expect" in raw else None
+    ebp = raw.get("expect_by_profile", {})
+    if not isinstance(ebp, dict):
+        c.fail(where, "'expect_by_profile' must be a table of profile = { expect... }")
+    by_profile = {}
+    for prof, e in ebp.items():
+        if prof not in PROFILES:
+            c.fail(f"{where} expect_by_profile", f"unknown profile {prof!r}")
+        by_profile[prof] = _expect(c, f"{where} expect_by_profile.{prof}", e, bound)
+    after: tuple[str, ...] = ()
+    label = ""
+    if event:
+        label = raw.get("label", f"{op}:{args['device']}" if "device" in args else f"{op}:{index}")
+        _str(c, where, "label", label)
+        a = raw.get("after", [])
+        if isinstance(a, str):
+            a = [a]
+        if not isinstance(a, list) or not all(isinstance(x, str) for x in a):
+            c.fail(where, "'after' must be a label or an array of labels (e.g. \"attach:gpu\")")
+        after = tuple(a)
+    return Step(index, op, args, expect, by_profile, after, label)
+
+
+def _expect(c, where, e, bound) -> dict:
+    if not isinstance(e, dict):
+        c.fail(where, f"must be a table like {{ ok = true }}, got {_type_name(e)}")
+    for k, v in e.items():
+        if k not in EXPECT_KEYS:
+            c.fail(where, f"unknown key {k!r} (expected: {', '.join(EXPECT_KEYS)})")
+        if k == "pt":
+            _ref(c, where, k, v, bound)
+        elif k == "errno":
+            _str(c, where, k, v)
+            try:
+                uapi.errno_value(v)
+            except KeyError:
+                c.fail(where, f"'errno': {v!r} is not an errno name (e.g. \"EINVAL\")")
+        elif k == "hazards":
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                c.fail(where, "'hazards' must be an array of hazard kinds")
+            for x in v:
+                if x not in KINDS:
+                    c.fail(where, f"'hazards': unknown kind {x!r} (known: {', '.join(KINDS)})")
+        elif k == "domains":
+            _int(c, where, k, v, U32)
+        elif k == "ok":
+            _bool(c, where, k, v)
+    if e.get("ok") is True and "errno" in e:
+        c.fail(where, "ok = true contradicts errno")
+    return e

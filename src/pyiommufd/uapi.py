@@ -1,0 +1,275 @@
+"""The iommufd and VFIO uAPI: ioctl numbers, flags, struct layouts, errno names.
+
+This module is the single source of truth for every number the project sends to a
+kernel, real or emulated.  Layouts follow include/uapi/linux/iommufd.h and
+include/uapi/linux/vfio.h of Linux 6.12.117 (Debian's linux-source-6.12); the
+older layouts of structs that grew are kept beside them, named after the release
+that introduced them (read in v6.6.0 and v6.8 of the same headers).
+
+All iommufd commands are ``_IO(';', nr)``: the request number carries no size, the
+struct's own leading ``size`` field does (iommufd_fops_ioctl, drivers/iommu/iommufd/main.c).
+VFIO cdev commands are ``_IO(';', VFIO_BASE + n)`` and their structs start with ``argsz``.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno as _errno
+
+u8, u16, u32, s32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_int32, ctypes.c_uint64
+
+# --- ioctl number encoding (include/uapi/asm-generic/ioctl.h) -------------------
+_IOC_NRBITS, _IOC_TYPEBITS, _IOC_SIZEBITS = 8, 8, 14
+_IOC_NRSHIFT = 0
+_IOC_TYPESHIFT = _IOC_NRSHIFT + _IOC_NRBITS
+_IOC_SIZESHIFT = _IOC_TYPESHIFT + _IOC_TYPEBITS
+_IOC_DIRSHIFT = _IOC_SIZESHIFT + _IOC_SIZEBITS
+
+
+def _IOC(direction: int, type_: int, nr: int, size: int) -> int:
+    return (direction << _IOC_DIRSHIFT) | (type_ << _IOC_TYPESHIFT) | (nr << _IOC_NRSHIFT) | (size << _IOC_SIZESHIFT)
+
+
+def _IO(type_: int, nr: int) -> int:
+    return _IOC(0, type_, nr, 0)
+
+
+def ioc_nr(request: int) -> int:
+    return (request >> _IOC_NRSHIFT) & ((1 << _IOC_NRBITS) - 1)
+
+
+def ioc_type(request: int) -> int:
+    return (request >> _IOC_TYPESHIFT) & ((1 << _IOC_TYPEBITS) - 1)
+
+
+IOMMUFD_TYPE = ord(";")
+VFIO_TYPE = ord(";")
+VFIO_BASE = 100
+
+# --- iommufd commands (enum in iommufd.h, 6.12.117) -----------------------------
+IOMMUFD_CMD_BASE = 0x80
+IOMMUFD_CMD_DESTROY = 0x80
+IOMMUFD_CMD_IOAS_ALLOC = 0x81
+IOMMUFD_CMD_IOAS_ALLOW_IOVAS = 0x82
+IOMMUFD_CMD_IOAS_COPY = 0x83
+IOMMUFD_CMD_IOAS_IOVA_RANGES = 0x84
+IOMMUFD_CMD_IOAS_MAP = 0x85
+IOMMUFD_CMD_IOAS_UNMAP = 0x86
+IOMMUFD_CMD_OPTION = 0x87
+IOMMUFD_CMD_VFIO_IOAS = 0x88
+IOMMUFD_CMD_HWPT_ALLOC = 0x89
+IOMMUFD_CMD_GET_HW_INFO = 0x8A
+IOMMUFD_CMD_HWPT_SET_DIRTY_TRACKING = 0x8B
+IOMMUFD_CMD_HWPT_GET_DIRTY_BITMAP = 0x8C
+IOMMUFD_CMD_HWPT_INVALIDATE = 0x8D
+IOMMUFD_CMD_FAULT_QUEUE_ALLOC = 0x8E
+
+IOMMU_DESTROY = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_DESTROY)
+IOMMU_IOAS_ALLOC = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_ALLOC)
+IOMMU_IOAS_ALLOW_IOVAS = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_ALLOW_IOVAS)
+IOMMU_IOAS_COPY = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_COPY)
+IOMMU_IOAS_IOVA_RANGES = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_IOVA_RANGES)
+IOMMU_IOAS_MAP = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_MAP)
+IOMMU_IOAS_UNMAP = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_UNMAP)
+IOMMU_OPTION = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_OPTION)
+IOMMU_VFIO_IOAS = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_VFIO_IOAS)
+IOMMU_HWPT_ALLOC = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_HWPT_ALLOC)
+IOMMU_GET_HW_INFO = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_GET_HW_INFO)
+IOMMU_HWPT_SET_DIRTY_TRACKING = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_HWPT_SET_DIRTY_TRACKING)
+IOMMU_HWPT_GET_DIRTY_BITMAP = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_HWPT_GET_DIRTY_BITMAP)
+IOMMU_HWPT_INVALIDATE = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_HWPT_INVALIDATE)
+IOMMU_FAULT_QUEUE_ALLOC = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_FAULT_QUEUE_ALLOC)
+
+# --- VFIO (vfio.h) ---------------------------------------------------------------
+VFIO_GET_API_VERSION = _IO(VFIO_TYPE, VFIO_BASE + 0)
+VFIO_CHECK_EXTENSION = _IO(VFIO_TYPE, VFIO_BASE + 1)
+VFIO_GROUP_GET_STATUS = _IO(VFIO_TYPE, VFIO_BASE + 3)
+VFIO_GROUP_SET_CONTAINER = _IO(VFIO_TYPE, VFIO_BASE + 4)
+VFIO_GROUP_UNSET_CONTAINER = _IO(VFIO_TYPE, VFIO_BASE + 5)
+VFIO_GROUP_GET_DEVICE_FD = _IO(VFIO_TYPE, VFIO_BASE + 6)
+VFIO_DEVICE_BIND_IOMMUFD = _IO(VFIO_TYPE, VFIO_BASE + 18)
+VFIO_DEVICE_ATTACH_IOMMUFD_PT = _IO(VFIO_TYPE, VFIO_BASE + 19)
+VFIO_DEVICE_DETACH_IOMMUFD_PT = _IO(VFIO_TYPE, VFIO_BASE + 20)
+VFIO_DMA_CC_IOMMU = 4  # extension: "is DMA through this container cache coherent"
+
+# --- flags and enums --------------------------------------------------------------
+IOMMU_IOAS_MAP_FIXED_IOVA = 1 << 0
+IOMMU_IOAS_MAP_WRITEABLE = 1 << 1
+IOMMU_IOAS_MAP_READABLE = 1 << 2
+
+IOMMU_HWPT_ALLOC_NEST_PARENT = 1 << 0
+IOMMU_HWPT_ALLOC_DIRTY_TRACKING = 1 << 1
+IOMMU_HWPT_FAULT_ID_VALID = 1 << 2
+# Not Linux: the "want CC" flag proposed in the seed thread (proposal-want-cc profile).
+# Bit 31 so it can never collide with a flag Linux assigns next.
+IOMMU_HWPT_ALLOC_PROPOSED_WANT_CC = 1 << 31
+HWPT_ALLOC_FLAGS = {
+    "NEST_PARENT": IOMMU_HWPT_ALLOC_NEST_PARENT,
+    "DIRTY_TRACKING": IOMMU_HWPT_ALLOC_DIRTY_TRACKING,
+    "FAULT_ID_VALID": IOMMU_HWPT_FAULT_ID_VALID,
+}
+
+IOMMU_HWPT_DATA_NONE = 0
+IOMMU_HWPT_DATA_VTD_S1 = 1
+IOMMU_HW_INFO_TYPE_NONE = 0
+IOMMU_HW_INFO_TYPE_INTEL_VTD = 1
+IOMMU_HW_CAP_DIRTY_TRACKING = 1 << 0
+
+IOMMU_VFIO_IOAS_GET, IOMMU_VFIO_IOAS_SET, IOMMU_VFIO_IOAS_CLEAR = 0, 1, 2
+
+# Intel VT-d extended capability register, bit 7: Snoop Control (ecap_sc_support,
+# drivers/iommu/intel/iommu.h).
+VTD_ECAP_SC = 1 << 7
+
+
+# --- structs ----------------------------------------------------------------------
+class _Struct(ctypes.Structure):
+    """Base: little helpers shared by every uAPI struct."""
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n, *_ in self._fields_ if not n.startswith("__"))
+        return f"{type(self).__name__}({fields})"
+
+
+def offsetofend(cls: type[ctypes.Structure], field: str) -> int:
+    """offsetofend() of include/linux/stddef.h."""
+    f = getattr(cls, field)
+    return f.offset + f.size
+
+
+class iommu_destroy(_Struct):
+    """struct iommu_destroy { __u32 size; __u32 id; };"""
+    _fields_ = [("size", u32), ("id", u32)]
+
+
+class iommu_ioas_alloc(_Struct):
+    """struct iommu_ioas_alloc { __u32 size; __u32 flags; __u32 out_ioas_id; };"""
+    _fields_ = [("size", u32), ("flags", u32), ("out_ioas_id", u32)]
+
+
+class iommu_ioas_map(_Struct):
+    """struct iommu_ioas_map { __u32 size, flags, ioas_id, __reserved; __aligned_u64 user_va, length, iova; };"""
+    _fields_ = [("size", u32), ("flags", u32), ("ioas_id", u32), ("__reserved", u32),
+                ("user_va", u64), ("length", u64), ("iova", u64)]
+
+
+class iommu_ioas_unmap(_Struct):
+    """struct iommu_ioas_unmap { __u32 size, ioas_id; __aligned_u64 iova, length; };"""
+    _fields_ = [("size", u32), ("ioas_id", u32), ("iova", u64), ("length", u64)]
+
+
+class iommu_vfio_ioas(_Struct):
+    """struct iommu_vfio_ioas { __u32 size; __u32 ioas_id; __u16 op; __u16 __reserved; };"""
+    _fields_ = [("size", u32), ("ioas_id", u32), ("op", u16), ("__reserved", u16)]
+
+
+class iommu_hwpt_alloc_v6_6(_Struct):
+    """struct iommu_hwpt_alloc as introduced in v6.6:
+    { __u32 size, flags, dev_id, pt_id, out_hwpt_id, __reserved; }"""
+    _fields_ = [("size", u32), ("flags", u32), ("dev_id", u32), ("pt_id", u32),
+                ("out_hwpt_id", u32), ("__reserved", u32)]
+
+
+class iommu_hwpt_alloc_v6_8(_Struct):
+    """v6.7/v6.8 added { __u32 data_type, data_len; __aligned_u64 data_uptr; }."""
+    _fields_ = iommu_hwpt_alloc_v6_6._fields_ + [("data_type", u32), ("data_len", u32), ("data_uptr", u64)]
+
+
+class iommu_hwpt_alloc(_Struct):
+    """struct iommu_hwpt_alloc, 6.12: v6.8's plus { __u32 fault_id; __u32 __reserved2; } (v6.11)."""
+    _fields_ = iommu_hwpt_alloc_v6_8._fields_ + [("fault_id", u32), ("__reserved2", u32)]
+
+
+class iommu_hw_info_v6_6(_Struct):
+    """struct iommu_hw_info as introduced in v6.6:
+    { __u32 size, flags, dev_id, data_len; __aligned_u64 data_uptr; __u32 out_data_type, __reserved; }"""
+    _fields_ = [("size", u32), ("flags", u32), ("dev_id", u32), ("data_len", u32), ("data_uptr", u64),
+                ("out_data_type", u32), ("__reserved", u32)]
+
+
+class iommu_hw_info_v6_8(_Struct):
+    """v6.8 added __aligned_u64 out_capabilities."""
+    _fields_ = iommu_hw_info_v6_6._fields_ + [("out_capabilities", u64)]
+
+
+class iommu_hw_info(_Struct):
+    """struct iommu_hw_info, 6.12.117: __reserved split into
+    { __u8 out_max_pasid_log2; __u8 __reserved[3]; } (backport of the PASID capability report)."""
+    _fields_ = [("size", u32), ("flags", u32), ("dev_id", u32), ("data_len", u32), ("data_uptr", u64),
+                ("out_data_type", u32), ("out_max_pasid_log2", u8), ("__reserved", u8 * 3),
+                ("out_capabilities", u64)]
+
+
+class iommu_hw_info_vtd(_Struct):
+    """struct iommu_hw_info_vtd { __u32 flags, __reserved; __aligned_u64 cap_reg, ecap_reg; };"""
+    _fields_ = [("flags", u32), ("__reserved", u32), ("cap_reg", u64), ("ecap_reg", u64)]
+
+
+class iommu_hwpt_vtd_s1(_Struct):
+    """struct iommu_hwpt_vtd_s1 { __aligned_u64 flags, pgtbl_addr; __u32 addr_width, __reserved; };"""
+    _fields_ = [("flags", u64), ("pgtbl_addr", u64), ("addr_width", u32), ("__reserved", u32)]
+
+
+class vfio_device_bind_iommufd(_Struct):
+    """struct vfio_device_bind_iommufd { __u32 argsz, flags; __s32 iommufd; __u32 out_devid; };"""
+    _fields_ = [("argsz", u32), ("flags", u32), ("iommufd", s32), ("out_devid", u32)]
+
+
+class vfio_device_attach_iommufd_pt(_Struct):
+    """struct vfio_device_attach_iommufd_pt { __u32 argsz, flags, pt_id; };"""
+    _fields_ = [("argsz", u32), ("flags", u32), ("pt_id", u32)]
+
+
+class vfio_device_detach_iommufd_pt(_Struct):
+    """struct vfio_device_detach_iommufd_pt { __u32 argsz, flags; };"""
+    _fields_ = [("argsz", u32), ("flags", u32)]
+
+
+class vfio_group_fd(_Struct):
+    """The __s32 container fd VFIO_GROUP_SET_CONTAINER reads."""
+    _fields_ = [("fd", s32)]
+
+
+# The kernel's per-command table: (struct, field whose end is min_size), as in
+# iommufd_ioctl_ops[] (IOCTL_OP in drivers/iommu/iommufd/main.c, 6.12.117).
+IOMMUFD_MIN_FIELD = {
+    IOMMUFD_CMD_DESTROY: (iommu_destroy, "id"),
+    IOMMUFD_CMD_IOAS_ALLOC: (iommu_ioas_alloc, "out_ioas_id"),
+    IOMMUFD_CMD_IOAS_MAP: (iommu_ioas_map, "iova"),
+    IOMMUFD_CMD_IOAS_UNMAP: (iommu_ioas_unmap, "length"),
+    IOMMUFD_CMD_VFIO_IOAS: (iommu_vfio_ioas, "__reserved"),
+    IOMMUFD_CMD_HWPT_ALLOC: (iommu_hwpt_alloc, "__reserved"),
+    IOMMUFD_CMD_GET_HW_INFO: (iommu_hw_info, "__reserved"),
+}
+
+# Per release layouts of the structs that grew.  Key: the struct's layout name as
+# profiles name it.
+HWPT_ALLOC_LAYOUTS = {"6.6": iommu_hwpt_alloc_v6_6, "6.8": iommu_hwpt_alloc_v6_8, "6.12": iommu_hwpt_alloc}
+HW_INFO_LAYOUTS = {"6.6": iommu_hw_info_v6_6, "6.8": iommu_hw_info_v6_8, "6.12": iommu_hw_info}
+
+# --- errno names ------------------------------------------------------------------
+# Python names errno 95 ENOTSUP; the kernel source spells it EOPNOTSUPP (same number on Linux).
+_KERNEL_NAME_OVERRIDES = {_errno.EOPNOTSUPP: "EOPNOTSUPP", _errno.EAGAIN: "EAGAIN", _errno.EDEADLK: "EDEADLK"}
+
+
+def errno_name(num: int) -> str:
+    """The kernel's symbolic name of an errno value ("EOPNOTSUPP", not "ENOTSUP")."""
+    return _KERNEL_NAME_OVERRIDES.get(num) or _errno.errorcode.get(num, f"E{num}")
+
+
+def errno_value(name: str) -> int:
+    """Inverse of errno_name; raises KeyError for an unknown name."""
+    if name == "EOPNOTSUPP":
+        return _errno.EOPNOTSUPP
+    value = getattr(_errno, name, None)
+    if not isinstance(value, int):
+        raise KeyError(name)
+    return value
+
+
+REQUEST_NAMES = {v: k for k, v in list(globals().items())
+                 if (k.startswith("IOMMU_") or k.startswith("VFIO_")) and isinstance(v, int)
+                 and k.isupper() and v >= 0x3B00 and ioc_type(v) == IOMMUFD_TYPE and v < 0x3C00}
+
+
+def request_name(request: int) -> str:
+    return REQUEST_NAMES.get(request, f"ioctl {request:#x}")

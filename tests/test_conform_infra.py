@@ -1,0 +1,254 @@
+"""Unit tests of the QEMU conformance infrastructure (pyiommufd.conform.build / qemu).
+
+Pure Python and fast: nothing here builds a kernel or boots QEMU."""
+
+import io
+import stat
+import struct
+
+import pytest
+
+from pyiommufd.conform import build, probe_agent, qemu
+from pyiommufd.conform.build import (MARK_BEGIN, MARK_END, MARK_RC, MARK_STDERR_BEGIN,
+                                     MARK_STDERR_END)
+
+# ----------------------------------------------------------------------------- config fragment
+
+
+def test_parse_config_set_unset_and_comments():
+    text = "# comment\n\nCONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=\"str\"\nCONFIG_D=0x10\n"
+    assert build.parse_config(text, strict=True) == {
+        "CONFIG_A": "y", "CONFIG_B": "n", "CONFIG_C": '"str"', "CONFIG_D": "0x10"}
+
+
+@pytest.mark.parametrize("text", ["CONFIG_A y\n", "INTEL_IOMMU=y\n", "CONFIG_A=y\nCONFIG_A=n\n"])
+def test_parse_config_strict_rejects_typos(text):
+    with pytest.raises(ValueError, match="line"):
+        build.parse_config(text, strict=True)
+
+
+def test_parse_config_lenient_for_dot_config():
+    assert build.parse_config("garbage\nCONFIG_A=y\n") == {"CONFIG_A": "y"}
+
+
+def test_verify_config_names_dropped_options():
+    required = {"CONFIG_A": "y", "CONFIG_B": "n", "CONFIG_C": "y", "CONFIG_D": "n"}
+    actual = {"CONFIG_A": "y", "CONFIG_B": "y", "CONFIG_D": "n"}
+    assert build.verify_config(required, actual) == [
+        "CONFIG_B: wanted n, got y", "CONFIG_C: wanted y, got n"]
+
+
+def test_verify_config_absent_means_n():
+    assert build.verify_config({"CONFIG_X": "n"}, {}) == []
+
+
+def test_fragment_is_strict_and_has_the_options_spec_9_needs():
+    opts = build.parse_config(build.FRAGMENT.read_text(), strict=True)
+    for name in ("64BIT", "PCI", "PCI_MSI", "ACPI", "X86_IO_APIC", "X86_X2APIC", "INTEL_IOMMU",
+                 "IRQ_REMAP", "IOMMUFD", "IOMMUFD_TEST", "DEBUG_KERNEL", "FAULT_INJECTION",
+                 "RUNTIME_TESTING_MENU", "VFIO", "VFIO_GROUP", "VFIO_PCI", "VFIO_DEVICE_CDEV",
+                 "IOMMUFD_VFIO_CONTAINER", "INTEL_IOMMU_DEBUGFS", "IOMMU_DEBUGFS", "DEBUG_FS",
+                 "DEVTMPFS", "BLK_DEV_INITRD", "BINFMT_ELF", "BINFMT_SCRIPT", "PROC_FS", "SYSFS",
+                 "TTY", "SERIAL_8250", "SERIAL_8250_CONSOLE"):
+        assert opts.get(f"CONFIG_{name}") == "y", name
+    assert opts["CONFIG_VFIO_CONTAINER"] == "n"
+
+
+def test_kernel_key_follows_fragment_and_tarball(tmp_path):
+    tarball = tmp_path / "linux-source-6.12.tar.xz"
+    tarball.write_bytes(b"x" * 10)
+    key = build.kernel_key(b"CONFIG_A=y\n", tarball)
+    assert key == build.kernel_key(b"CONFIG_A=y\n", tarball)
+    assert key != build.kernel_key(b"CONFIG_A=n\n", tarball)
+    tarball.write_bytes(b"x" * 11)
+    assert key != build.kernel_key(b"CONFIG_A=y\n", tarball)
+
+
+# ----------------------------------------------------------------------------- initramfs
+
+
+def test_job_module_selection():
+    assert build.job_module({}) == "pyiommufd.conform.agent"
+    assert build.job_module({"agent": "probe"}) == "pyiommufd.conform.probe_agent"
+    assert build.job_module({"module": "a.b_c", "agent": "probe"}) == "a.b_c"
+
+
+@pytest.mark.parametrize("module", ["a b", "a;poweroff", "", "1a", "a..b", 3])
+def test_job_module_rejects_non_module_names(module):
+    with pytest.raises(build.BuildError):
+        build.job_module({"module": module})
+
+
+def test_render_init_runs_module_and_prints_markers():
+    init = build.render_init("x.y")
+    assert init.startswith("#!/bin/sh\n")
+    assert "-m x.y /job.json" in init
+    assert "PYTHONPATH=/opt/pyiommufd-src" in init
+    for mark in (MARK_BEGIN, MARK_END, MARK_STDERR_BEGIN, MARK_STDERR_END, MARK_RC):
+        assert f"echo {mark}" in init
+    assert "@" not in init
+    assert init.index(MARK_RC) < init.index("poweroff -f")
+
+
+def _read_cpio(data: bytes):
+    """Minimal newc reader: {name: (mode, data, (rdevmajor, rdevminor))}."""
+    entries, pos = {}, 0
+    while True:
+        assert data[pos:pos + 6] == b"070701"
+        f = [int(data[pos + 6 + 8 * i:pos + 14 + 8 * i], 16) for i in range(13)]
+        namesize, filesize = f[11], f[6]
+        name = data[pos + 110:pos + 110 + namesize - 1].decode()
+        pos += 110 + namesize
+        pos += -pos % 4
+        body = data[pos:pos + filesize]
+        pos += filesize
+        pos += -pos % 4
+        if name == "TRAILER!!!":
+            assert pos == len(data)
+            return entries
+        entries[name] = (f[1], body, (f[9], f[10]))
+
+
+def test_write_cpio_round_trip(tmp_path):
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin/busybox").write_bytes(b"\x7fELF12345")
+    (tmp_path / "bin/busybox").chmod(0o755)
+    (tmp_path / "bin/sh").symlink_to("busybox")
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "init").write_text("#!/bin/sh\n")
+    out = io.BytesIO()
+    build.write_cpio(tmp_path, out, nodes=(("dev/console", stat.S_IFCHR | 0o600, 5, 1),))
+    entries = _read_cpio(out.getvalue())
+    names = list(entries)
+    assert names.index("bin") < names.index("bin/busybox")  # parents first
+    assert names[-1] == "dev/console"
+    mode, body, _ = entries["bin/busybox"]
+    assert stat.S_ISREG(mode) and mode & 0o777 == 0o755 and body == b"\x7fELF12345"
+    mode, body, _ = entries["bin/sh"]
+    assert stat.S_ISLNK(mode) and body == b"busybox"
+    assert stat.S_ISDIR(entries["dev"][0])
+    mode, _, rdev = entries["dev/console"]
+    assert stat.S_ISCHR(mode) and rdev == (5, 1)
+
+
+# ----------------------------------------------------------------------------- QEMU command line
+
+
+def _devices(cmd):
+    return [cmd[i + 1] for i, a in enumerate(cmd) if a == "-device"]
+
+
+@pytest.mark.parametrize("snoop,word", [(True, "on"), (False, "off")])
+def test_qemu_command_intel_iommu(snoop, word):
+    cmd = qemu.qemu_command("bz", "rd", snoop_control=snoop, n_devices=2, behind_bridge=False)
+    assert cmd[:7] == ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-machine", "q35"]
+    for flag in ("-nographic", "-no-reboot"):
+        assert flag in cmd
+    assert cmd[cmd.index("-nic") + 1] == "none"
+    assert cmd[cmd.index("-kernel") + 1] == "bz" and cmd[cmd.index("-initrd") + 1] == "rd"
+    assert cmd[cmd.index("-append") + 1] == "console=ttyS0 intel_iommu=on panic=-1 quiet"
+    assert _devices(cmd) == [
+        f"intel-iommu,intremap=on,caching-mode=on,snoop-control={word}", "edu", "edu"]
+
+
+def test_qemu_command_mock_has_no_iommu():
+    cmd = qemu.qemu_command("bz", "rd", snoop_control=None, n_devices=0, behind_bridge=False)
+    assert _devices(cmd) == []
+    assert not any("intel-iommu" in a for a in cmd)
+
+
+def test_qemu_command_behind_bridge():
+    cmd = qemu.qemu_command("bz", "rd", snoop_control=True, n_devices=3, behind_bridge=True)
+    devs = _devices(cmd)
+    assert devs[0].startswith("intel-iommu,")
+    assert devs[1] == "pci-bridge,id=bridge0,chassis_nr=1"
+    assert devs[2:] == ["edu,bus=bridge0,addr=0x1", "edu,bus=bridge0,addr=0x2",
+                        "edu,bus=bridge0,addr=0x3"]
+
+
+def test_qemu_command_rejects_negative_device_count():
+    with pytest.raises(ValueError):
+        qemu.qemu_command("bz", "rd", snoop_control=True, n_devices=-1, behind_bridge=False)
+
+
+# ----------------------------------------------------------------------------- console parsing
+
+
+def _console(out, err="", rc=0):
+    lines = ["[    0.5] boot noise", MARK_STDERR_BEGIN, *err.splitlines(), MARK_STDERR_END,
+             MARK_BEGIN, *out.splitlines(), MARK_END, f"{MARK_RC}{rc}===",
+             "[    3.1] reboot: Power down"]
+    return "\r\n".join(lines) + "\r\n"  # the serial line sends CRLF
+
+
+def test_parse_console_extracts_output_stderr_rc():
+    out, err, rc = qemu.parse_console(_console('{"a": 1,\n "b": 2}', "warn", 3))
+    assert (out, err, rc) == ('{"a": 1,\n "b": 2}', "warn", 3)
+
+
+def test_parse_console_empty_output():
+    assert qemu.parse_console(_console("")) == ("", "", 0)
+
+
+def test_parse_console_marker_must_be_a_whole_line():
+    console = f"echo {MARK_BEGIN}\r\n"  # e.g. the init script echoed by a shell trace
+    with pytest.raises(qemu.BootError, match="markers not found"):
+        qemu.parse_console(console)
+
+
+def test_parse_console_missing_end_marker_shows_tail():
+    with pytest.raises(qemu.BootError) as exc:
+        qemu.parse_console(f"Kernel panic - not syncing\r\n{MARK_BEGIN}\r\n{{\r\n")
+    assert "Kernel panic" in str(exc.value)
+    assert exc.value.console.startswith("Kernel panic")
+
+
+def test_parse_console_missing_rc():
+    with pytest.raises(qemu.BootError, match="exit status"):
+        qemu.parse_console(f"{MARK_BEGIN}\n{{}}\n{MARK_END}\n")
+
+
+def test_rc_line_regex_needs_complete_line():
+    assert qemu._RC_LINE.search(f"{MARK_RC}0===\r\n".encode())
+    assert not qemu._RC_LINE.search(f"{MARK_RC}0==".encode())
+
+
+# ----------------------------------------------------------------------------- probe agent
+
+
+def test_probe_ioctl_numbers_and_struct_sizes():
+    assert probe_agent.IOMMU_DESTROY == 0x3B80
+    assert probe_agent.IOMMU_IOAS_ALLOC == 0x3B81
+    assert probe_agent.IOMMU_IOAS_MAP == 0x3B85
+    assert probe_agent.IOMMU_GET_HW_INFO == 0x3B8A
+    assert probe_agent.IOMMU_TEST_CMD == 0x3BA0
+    assert probe_agent.VFIO_DEVICE_BIND_IOMMUFD == 0x3B76
+    assert probe_agent.VFIO_DEVICE_ATTACH_IOMMUFD_PT == 0x3B77
+    sizes = {"DESTROY": 8, "IOAS_ALLOC": 12, "IOAS_MAP": 40, "HW_INFO": 40, "HW_INFO_VTD": 24,
+             "BIND": 16, "ATTACH": 12, "TEST_CMD": 72}
+    for name, size in sizes.items():
+        assert struct.calcsize(getattr(probe_agent, name)) == size, name
+
+
+def test_probe_errno_name_uses_kernel_spelling():
+    import errno
+    assert probe_agent.errno_name(errno.EOPNOTSUPP) == "EOPNOTSUPP"
+    assert probe_agent.errno_name(errno.EBUSY) == "EBUSY"
+
+
+def test_probe_page_table_dump_parsing(tmp_path, monkeypatch):
+    bdf = "0000:00:03.0"
+    (tmp_path / bdf).mkdir()
+    (tmp_path / bdf / "domain_translation_struct").write_text(
+        "Device 0000:00:03.0 @0x1234000\n"
+        "IOVA_PFN\t\tPML5E\tPML4E\tPDPE\tPDE\tPTE\n"
+        "0x0000000000100 |\t0x0000000000000000\t0x0000000001234003\t0x0000000001235003"
+        "\t0x0000000001236003\t0x0000000004567803\n"
+        "0x0000000000101 |\t0x0000000000000000\t0x0000000001234003\t0x0000000001235003"
+        "\t0x0000000001236003\t0x0000000004568003\n")
+    monkeypatch.setattr(probe_agent, "INTEL_DEBUGFS", str(tmp_path))
+    dump = probe_agent.page_table_dump(bdf)
+    assert dump["exists"] and len(dump["lines"]) == 4
+    assert [leaf["snp"] for leaf in dump["leaves"]] == [True, False]
+    assert dump["leaves"][0] == {"iova_pfn": "0x0000000000100", "pte": "0x4567803", "snp": True}
+    assert probe_agent.page_table_dump("0000:00:09.0") == {"exists": False}
