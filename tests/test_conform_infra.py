@@ -88,6 +88,11 @@ def test_render_init_runs_module_and_prints_markers():
         assert f"echo {mark}" in init
     assert "@" not in init
     assert init.index(MARK_RC) < init.index("poweroff -f")
+    # SeaBIOS leaves escape codes without a newline on the console: a bare echo ends that line
+    # so the first marker starts a line of its own.
+    lines = init.splitlines()
+    before = lines[lines.index(f"echo {MARK_STDERR_BEGIN}") - 1]
+    assert before.split("#")[0].strip() == "echo"
 
 
 def _read_cpio(data: bytes):

@@ -68,6 +68,58 @@ def cmd_run(args, out: Console, err: Console) -> int:
     return 0
 
 
+def _explore_kw(args, err: Console) -> dict:
+    if args.max_states is not None and args.max_states < 1:
+        raise UsageError("--max-states must be at least 1")
+    from .explore import stderr_progress
+    return {"symmetry": not args.no_symmetry, "max_states": args.max_states,
+            "progress": None if args.quiet else stderr_progress(err)}
+
+
+def cmd_explore(args, out: Console, err: Console) -> int:
+    from .explore import explore
+    from .report.text import explore_report
+    from .scenario import load
+    sc = load(args.scenario)
+    res = explore(sc, _profile_arg(args, sc.profile), args.strategy, **_explore_kw(args, err))
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        explore_report(res, out)
+    return 1 if args.fail_on_hazard and res["hazards"] else 0
+
+
+def cmd_compare(args, out: Console, err: Console) -> int:
+    from .explore import compare
+    from .report.text import compare_report
+    from .scenario import load
+    sc = load(args.scenario)
+    profiles = [p.strip() for p in (args.profiles or ",".join(sc.profiles)).split(",") if p.strip()]
+    for p in profiles:
+        if p not in PROFILES:
+            raise UsageError(f"--profiles: unknown profile {p!r}; known: {', '.join(PROFILES)}")
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None
+    if strategies:
+        from .userspace import STRATEGIES
+        for s in strategies:
+            if s not in STRATEGIES:
+                raise UsageError(f"--strategies: unknown strategy {s!r}; known: {', '.join(STRATEGIES)}")
+    res = compare(sc, profiles, strategies, **_explore_kw(args, err))
+    if args.html:
+        from .report.html import compare_html
+        try:
+            with open(args.html, "w") as f:
+                f.write(compare_html(sc, res))
+        except OSError as e:
+            raise UsageError(f"--html {args.html}: {e.strerror}") from None
+        err.print(f"wrote {args.html}")
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        compare_report(res, out)
+    return 0
+
+
 def cmd_profiles(args, out: Console, err: Console) -> int:
     from .report.text import profiles_report
     if args.json:
@@ -100,6 +152,40 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fail-on-hazard", action="store_true", help="exit 1 if any hazard was reached")
     r.set_defaults(fn=cmd_run)
 
+    e = sub.add_parser("explore", help="explore every order of a scenario's [explore] events",
+                       description="Run the scenario's steps, then every order of its [explore] events that the "
+                       "'after' constraints allow, breadth-first with de-duplication and symmetry reduction. Reports "
+                       "domain counts over all orders, whether the result depends on the order, and the shortest "
+                       "trace to each hazard.",
+                       epilog="examples:\n  pyiommufd explore scenarios/explore/two-devices.toml\n"
+                       "  pyiommufd explore scenarios/explore/hot-unplug.toml --profile linux-6.6 --json\n"
+                       "  pyiommufd explore scenarios/bench/intel-8dev-3units.toml --max-states 100000",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("scenario", help="scenario TOML file with an [explore] table")
+    _profile_opts(e)
+    _explore_opts(e)
+    e.add_argument("--strategy", default="kernel-auto", choices=["kernel-auto", "qemu-style", "cc-aware"],
+                   help="how the VMM places a device attached to an IOAS (default: kernel-auto)")
+    e.add_argument("--json", action="store_true", help="machine output on stdout (DESIGN.md contract)")
+    e.add_argument("--fail-on-hazard", action="store_true", help="exit 1 if any order reaches a hazard")
+    e.set_defaults(fn=cmd_explore)
+
+    c = sub.add_parser("compare", help="explore under several profiles / strategies, side by side",
+                       description="Explore the scenario under each profile (and user-space strategy) and show "
+                       "them side by side: domain counts, order dependence, hazards, optimum.",
+                       epilog="examples:\n  pyiommufd compare scenarios/explore/two-devices.toml "
+                       "--profiles linux-6.2,linux-6.6,linux-6.12,proposal-upgrade-keep\n"
+                       "  pyiommufd compare scenarios/explore/hot-unplug.toml --profiles linux-6.12 "
+                       "--strategies kernel-auto,qemu-style,cc-aware --html out/compare.html",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("scenario", help="scenario TOML file with an [explore] table")
+    c.add_argument("--profiles", metavar="A,B,...", help="profiles to compare (default: the scenario's 'profiles')")
+    c.add_argument("--strategies", metavar="S,...", help="user-space strategies: kernel-auto, qemu-style, cc-aware")
+    _explore_opts(c)
+    c.add_argument("--json", action="store_true", help="machine output on stdout")
+    c.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML report")
+    c.set_defaults(fn=cmd_compare)
+
     pr = sub.add_parser("profiles", help="list the kernel eras and proposals that can be emulated",
                         description="List the profiles: each a kernel release (or a proposal) as a record of "
                         "switches, with the source each switch was read from (--json shows them all).")
@@ -112,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true")
     d.set_defaults(fn=cmd_demo)
     return p
+
+
+def _explore_opts(sp) -> None:
+    sp.add_argument("--max-states", type=int, metavar="N", help="stop after N distinct states (then truncated=true)")
+    sp.add_argument("--no-symmetry", action="store_true", help="do not merge states that differ by a permutation "
+                    "of interchangeable devices")
+    sp.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
 
 
 def _profile_opts(sp) -> None:

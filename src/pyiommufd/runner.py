@@ -18,11 +18,10 @@ How ops map to kernel calls (DESIGN.md "How the runner plays a VMM"):
 from __future__ import annotations
 
 import copy
-import errno as errnomod
 
 from . import uapi
 from .client import Iommufd, Ioas, VfioDevice, VfioGroup, emulated
-from .errors import EmulationGap, IoctlError
+from .errors import IoctlError
 from .hazards import detect
 from .scenario import Scenario, Step
 
@@ -30,11 +29,15 @@ from .scenario import Scenario, Step
 class Vmm:
     """The user-space side of one run: open files and names bound by ``as``."""
 
-    def __init__(self, scenario: Scenario, profile: str):
+    def __init__(self, scenario: Scenario, profile: str, strategy: str = "kernel-auto", machine=None):
+        """``machine`` provides ``transport``, ``profile``, ``cdev_path(name)``, ``group_path(name)``
+        and ``host`` (the emulated kernel, or None on a real one); default: a new emulated machine."""
+        from .userspace import get_strategy
         self.scenario = scenario
-        self.emu = emulated(scenario.system, profile)
+        self.emu = machine if machine is not None else emulated(scenario.system, profile)
         self.profile = self.emu.profile
         self.t = self.emu.transport
+        self.containers: set[str] = set()      # group paths whose container is set
         self.iommufd = Iommufd(self.t)
         self.names: dict[str, int] = {}
         self.kinds: dict[str, str] = {}        # name -> "ioas" | "hwpt" | "device"
@@ -43,6 +46,9 @@ class Vmm:
         self.devfds: dict[str, int] = {}        # group path: device fds
         self.in_kvm: set[str] = set()
         self.seen_hazards: dict[tuple, int] = {}
+        self.strategy = get_strategy(strategy, self.profile)
+        self.us: dict = {}                      # the strategy's own bookkeeping
+        self._cc_cache: dict[str, bool] = {}
 
     def clone(self) -> "Vmm":
         return copy.deepcopy(self)
@@ -65,10 +71,17 @@ class Vmm:
         return self.cdevs[name]
 
     def group(self, name: str) -> VfioGroup:
-        g = self.host.devices[name].group
+        g = self.emu.group_path(name)
         if g not in self.groups:
-            self.groups[g] = VfioGroup(self.t, self.emu.group_path(name))
+            self.groups[g] = VfioGroup(self.t, g)
         return self.groups[g]
+
+    def cc_capable(self, name: str) -> bool:
+        """What a VMM can learn of a device's CC capability: Intel ECAP.SC via IOMMU_GET_HW_INFO;
+        drivers without hw_info (AMD enforces always, but does not say so) count as not capable."""
+        if name not in self._cc_cache:
+            self._cc_cache[name] = bool(self.iommufd.hw_info(self.dev_id(name)).snoop_control)
+        return self._cc_cache[name]
 
     def bind_name(self, step: Step, value: int | None, kind: str) -> None:
         if "as" in step.args:
@@ -128,7 +141,10 @@ class Vmm:
         name, pt = s.args["device"], self.resolve(s.args["pt"])
         if not self.profile.vfio_cdev:
             return self._group_attach(s, name, pt)
-        pt_id = self.cdev(name).attach(pt)
+        if s.op == "attach" and self.kinds.get(s.args["pt"]) == "ioas":
+            pt_id = self.strategy.attach(self, name, pt)
+        else:
+            pt_id = self.cdev(name).attach(pt)
         self.bind_name(s, pt_id, "hwpt")
         return pt_id, None
 
@@ -139,8 +155,9 @@ class Vmm:
             self.t.ioctl(fd, uapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT, uapi.vfio_device_attach_iommufd_pt(argsz=12, pt_id=pt))
         self.iommufd.vfio_ioas(uapi.IOMMU_VFIO_IOAS_SET, pt)
         g = self.group(name)
-        if self.host.files[g.fd].ctx_fd is None:
+        if g.path not in self.containers:
             g.set_container(self.iommufd)
+            self.containers.add(g.path)
         self.devfds[name] = g.get_device_fd(name)
         self.bind_name(s, None, "hwpt")
         return None, {"path": "vfio-group compat IOAS"}
@@ -152,6 +169,7 @@ class Vmm:
         if not self.profile.vfio_cdev:
             return self._close_devfd(name)
         self.cdev(name).detach()
+        self.strategy.detached(self, name)
         return None, None
 
     def _close_devfd(self, name):
@@ -186,15 +204,19 @@ class Vmm:
         self.in_kvm.discard(s.args["device"])
         return None, None
 
+    def _guest_running(self) -> None:
+        if self.host is not None:
+            self.host.guest_running()
+
     def op_hotplug(self, s):
-        self.host.guest_running()
+        self._guest_running()
         ident, _ = self.op_bind(s)
         if self.scenario.system.kvm:
             self.op_kvm_add(s)
         return ident, None
 
     def op_hot_unplug(self, s):
-        self.host.guest_running()
+        self._guest_running()
         name = s.args["device"]
         self.op_detach(s)
         if name in self.in_kvm:
@@ -216,6 +238,8 @@ class Vmm:
 
     # -- results -----------------------------------------------------------------------
     def new_hazards(self, index: int) -> tuple[list, list]:
+        if self.host is None:
+            return [], []
         current = detect(self.host)
         new = []
         for h in current:
@@ -278,10 +302,10 @@ def check_expect(exp: dict | None, result: dict, vmm: Vmm, current) -> bool | No
     return bool(ok)
 
 
-def run(scenario: Scenario, profile: str | None = None) -> dict:
+def run(scenario: Scenario, profile: str | None = None, strategy: str = "kernel-auto") -> dict:
     """Run every step under ``profile`` (default: the scenario's); the DESIGN.md JSON as a dict."""
     profile = profile or scenario.profile
-    vmm = Vmm(scenario, profile)
+    vmm = Vmm(scenario, profile, strategy)
     steps, log, all_ok, current = [], [], True, []
     for step in scenario.steps:
         r = vmm.apply(step)
@@ -299,5 +323,5 @@ def run(scenario: Scenario, profile: str | None = None) -> dict:
         if r["detail"] is not None:
             entry["detail"] = r["detail"]
         steps.append(entry)
-    return {"scenario": scenario.name, "profile": profile, "ok": bool(all_ok), "steps": steps,
+    return {"scenario": scenario.name, "profile": profile, "strategy": strategy, "ok": bool(all_ok), "steps": steps,
             "final": vmm.final(log, current)}

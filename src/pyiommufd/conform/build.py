@@ -81,6 +81,7 @@ echo 1 > /proc/sys/kernel/printk           # keep kernel messages out of the age
 PYTHONHOME=/usr PYTHONPATH=/@PAYLOAD_PARENT@ PYTHONDONTWRITEBYTECODE=1 PYTHONUTF8=1 \
     /usr/bin/python3.11 -S -m @MODULE@ /job.json >/tmp/agent.out 2>/tmp/agent.err
 rc=$?
+echo                                       # end whatever the firmware left on the line
 echo @MARK_STDERR_BEGIN@
 cat /tmp/agent.err
 echo @MARK_STDERR_END@

@@ -5,7 +5,7 @@ Prints one JSON object: the kernel, the edu devices (BDF, driver, iommu_group, V
 Intel units' ECAP, and a small real iommufd sequence (IOAS_ALLOC, BIND and ATTACH of every
 device, MAP, GET_HW_INFO, DESTROY of the in-use HWPT) with the ids written back and errno names,
 the Intel debugfs page-table dump after the MAP (leaf IOPTEs and their SNP bit), and, when
-IOMMUFD_TEST is built in, a mock-domain sequence.
+IOMMUFD_TEST is built in, a mock-domain sequence; and what the kernel logged meanwhile.
 
 Struct layouts and numbers: include/uapi/linux/iommufd.h, vfio.h and
 drivers/iommu/iommufd/iommufd_test.h of Debian's linux-source-6.12 (6.12.117).
@@ -219,8 +219,39 @@ def mock_sequence(keep: list) -> dict:
     return {"steps": steps}
 
 
+def kmsg_open() -> int | None:
+    """/dev/kmsg positioned after the last record, to collect what the probe makes the kernel
+    log (the console hides it: /init sets the console loglevel to 1)."""
+    try:
+        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    os.lseek(fd, 0, os.SEEK_END)
+    return fd
+
+
+def kmsg_read(fd: int | None) -> list[str]:
+    """Messages logged since kmsg_open(), as "<priority> <text>"."""
+    messages = []
+    while fd is not None:
+        try:
+            record = os.read(fd, 8192).decode(errors="replace")
+        except BlockingIOError:
+            break
+        except OSError as e:  # EPIPE: records were overwritten while we ran
+            messages.append(f"? kmsg read: {errno_name(e.errno)}")
+            continue
+        prefix, _, text = record.partition(";")
+        messages.append(f"{int(prefix.split(',')[0]) & 7} {text.splitlines()[0] if text else ''}")
+    return messages
+
+
 def main(argv: list[str]) -> int:
-    job = json.load(open(argv[1])) if len(argv) > 1 else {}
+    kmsg = kmsg_open()
+    job = {}
+    if len(argv) > 1:
+        with open(argv[1]) as f:
+            job = json.load(f)
     uname = os.uname()
     devices = edu_devices()
     result = {
@@ -240,6 +271,7 @@ def main(argv: list[str]) -> int:
             result[name] = seq()
         except OSError as e:  # e.g. no /dev/iommu: report, don't crash
             result[name] = {"error": f"{errno_name(e.errno)}: {e}"}
+    result["kernel_log"] = kmsg_read(kmsg)
     json.dump(result, sys.stdout, indent=1)
     print()
     return 0

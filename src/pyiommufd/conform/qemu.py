@@ -120,7 +120,7 @@ def run(kernel: Path | str, initramfs: Path | str, *, snoop_control: bool | None
         while True:
             now = time.monotonic()
             if done_at is None and now > deadline:
-                raise BootError(f"timeout after {timeout:.0f} s: {' '.join(cmd)}",
+                raise BootError(f"timeout after {timeout:g} s: {' '.join(cmd)}",
                                 buf.decode(errors="replace"))
             if done_at is not None and now > done_at + 2.0:
                 break  # output complete; don't wait for a slow power-off

@@ -51,3 +51,40 @@ def profiles_report(profiles, console: Console) -> None:
     for p in profiles:
         t.add_row(p.name, p.era, p.kernel or "-", p.summary)
     console.print(t)
+
+
+def _dc(d: dict) -> str:
+    return ", ".join(f"{k} domain{'s' if k != '1' else ''}: {v}" for k, v in d.items()) or "-"
+
+
+def explore_report(res: dict, console: Console) -> None:
+    console.print(f"[bold]explore[/] under [cyan]{res['profile']}[/] (strategy {res.get('strategy', 'kernel-auto')})")
+    console.print(f"{res['events']} events, {res['orders']} orders, {res['states']} states "
+                  f"({res['states_per_second']:.0f} states/s, {res['seconds']:.2f} s)"
+                  + (" [bold red]TRUNCATED[/]" if res["truncated"] else ""))
+    console.print(f"final domain counts over all orders: {_dc(res['domain_counts'])}")
+    dep = "[bold yellow]order-dependent[/]" if res["order_dependent"] else "[green]order-independent[/]"
+    console.print(f"result: {dep}; fewest domains in a hazard-free order: {res.get('optimal_domains')}")
+    if not res["hazards"]:
+        console.print("[green]no hazard in any order[/]")
+    for h in res["hazards"]:
+        console.print(f"[bold yellow]hazard[/] {h['kind']}: reached in {h['count']} of {res['orders']} orders; "
+                      "shortest trace:")
+        for i, s in enumerate(h["trace"]):
+            args = " ".join(f"{k}={v}" for k, v in s.items() if k != "op")
+            console.print(f"    {i + 1}. {s['op']} {escape(args)}")
+
+
+def compare_report(res: dict, console: Console) -> None:
+    t = Table("profile", "orders", "states", "domain counts", "order-dependent", "hazards (orders)",
+              "worst order optimal", box=None)
+    for name, r in res["profiles"].items():
+        if "skipped" in r:
+            t.add_row(name, "", "", f"[dim]{escape(r['skipped'])}[/]", "", "", "")
+            continue
+        hz = ", ".join(f"{h['kind']} ({h['count']})" for h in r["hazards"]) or "[green]none[/]"
+        t.add_row(name, str(r["orders"]), str(r["states"]), _dc(r["domain_counts"]),
+                  "[yellow]yes[/]" if r["order_dependent"] else "[green]no[/]", hz,
+                  _mark(r.get("worst_order_optimal")))
+    console.print(t)
+    console.print(f"fewest domains with no hazard, over everything compared: {res.get('optimal_domains')}")

@@ -1,0 +1,272 @@
+"""The explorer: every order of a scenario's ``[explore] events``, over the one model.
+
+The scenario's ``steps`` set the stage; then each event happens exactly once, in every
+order its ``after`` constraints allow.  Breadth-first over states (one level per event
+done), each state the runner's ``Vmm`` (the emulated host plus the VMM's own files and
+names), de-duplicated on a canonical key:
+
+* ids are renamed away: an IOAS is its rank, a HWPT its (IOAS, position in the IOAS's
+  hwpt_list) -- the position matters, the auto-domain search walks that list in order;
+* with symmetry reduction, interchangeable devices (same unit capabilities, same kind of
+  group, same events up to their name) are named by their class, so states that differ by
+  a permutation of such devices are one state (Stateright's "rewrite to a representative").
+
+Counting orders: ways[T] = sum of ways[S] over the edges S->T, level by level; with
+symmetry each edge from a representative stands for one event in every state of its orbit,
+so the sums count concrete orders.  The same recurrence per hazard kind counts the orders
+that pass a state with that hazard; the first state found with a kind (BFS) gives the
+shortest counterexample trace.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+
+from .errors import ScenarioError
+from .hazards import KINDS, detect
+from .runner import Vmm
+from .scenario import Scenario, Step
+
+
+@dataclass
+class Node:
+    vmm: Vmm | None
+    done: frozenset
+    ways: int = 0
+    seen: dict | None = None     # kind -> orders reaching this state that passed that hazard
+    clean: int = 0               # orders reaching this state with no hazard on the way
+    parent: tuple | None = None  # (parent key, event index)
+    hazards: frozenset = frozenset()
+
+
+def _template(ev: Step, own: set[str]) -> tuple:
+    args = tuple(sorted((k, v) for k, v in ev.args.items() if k != "device"))
+    after = tuple(sorted(("self", a.split(":", 1)[0]) if a in own else ("label", a) for a in ev.after))
+    return (ev.op, args, after)
+
+
+def device_classes(sc: Scenario, symmetry: bool) -> dict[str, object]:
+    """Device -> class; devices of one class are interchangeable everywhere in the model."""
+    if not symmetry:
+        return {d.name: d.name for d in sc.system.devices}
+    units = {u.name: u for u in sc.system.units}
+    events_of = {d.name: [e for e in sc.events if e.args.get("device") == d.name] for d in sc.system.devices}
+    label_dev = {e.label: e.args.get("device") for e in sc.events}
+    referenced = {label_dev[a] for e in sc.events for a in e.after if label_dev.get(a) != e.args.get("device")}
+    # a name bound to a device (bind/hotplug ``as``) and used by an event pins that device
+    dev_of_name = {s.args["as"]: s.args.get("device") for s in sc.steps + sc.events
+                   if s.op in ("bind", "hotplug") and "as" in s.args}
+    used_names = {v for e in sc.events for v in e.args.values() if isinstance(v, str)}
+    referenced |= {dev_of_name[n] for n in used_names if n in dev_of_name}
+    group_size = {}
+    for d in sc.system.devices:
+        group_size[d.group] = group_size.get(d.group, 0) + 1
+    out = {}
+    for d in sc.system.devices:
+        u = units[d.unit]
+        own = {e.label for e in events_of[d.name]}
+        if d.name in referenced:
+            out[d.name] = ("unique", d.name)   # named by something else: keep it apart
+            continue
+        grp = ("own",) if group_size[d.group] == 1 else ("shared", d.group)
+        out[d.name] = ((u.snoop_control, u.nesting, u.dirty_tracking), d.canwbs, grp,
+                       tuple(_template(e, own) for e in events_of[d.name]))
+    return out
+
+
+def canonical(vmm: Vmm, done: frozenset, events: list[Step], classes: dict) -> tuple:
+    host = vmm.host
+    ctx = host.ctxs[vmm.iommufd.fd]
+    objs = ctx.objects
+    ioases = sorted(i for i, o in objs.items() if o.type == "ioas")
+    label = {i: ("ioas", n) for n, i in enumerate(ioases)}
+    for i in ioases:
+        for pos, h in enumerate(objs[i].hwpt_list):
+            label[h.id] = ("hwpt", label[i][1], pos)
+    for i, o in sorted(objs.items()):
+        if o.type == "hwpt_nested":
+            label[i] = ("nested", label[o.parent.id], sum(1 for j, p in objs.items()
+                                                          if p.type == "hwpt_nested" and p.parent is o.parent and j < i))
+    done_by_dev: dict[str, list] = {}
+    glob = []
+    for i in sorted(done):
+        d = events[i].args.get("device")
+        if d is None:
+            glob.append(i)
+        else:
+            done_by_dev.setdefault(d, []).append(events[i].op)
+    kvm_files = {(f.dev.name if f.kind == "cdev" else f.group) for f in host.kvm.files} if host.kvm else set()
+
+    def dev_state(name: str) -> tuple:
+        d = host.devices[name]
+        return (classes[name], d.idev_id is not None, d.attached, d.open_via, name in vmm.cdevs,
+                name in vmm.devfds, name in kvm_files or d.group in kvm_files, tuple(sorted(done_by_dev.get(name, ()))))
+
+    where = {}
+    for g in ctx.groups.values():
+        if g.hwpt is not None:
+            for idev in g.devices:
+                where[idev.dev.name] = label[g.hwpt.id]
+    devs = tuple(sorted(dev_state(n) + (where.get(n),) for n in host.devices))
+    hwpts = []
+    for i, o in objs.items():
+        if o.type in ("hwpt_paging", "hwpt_nested"):
+            dom = o.domain
+            members = tuple(sorted(dev_state(n) for n, lab in where.items() if lab == label[i]))
+            hwpts.append((label[i], o.users, getattr(o, "auto_domain", False), o.enforce_cc, dom.enforce_cc,
+                          dom.set_pte_snp, dom.has_mappings, tuple(sorted(dom.ptes.items())), dom.upgraded_over and
+                          tuple(sorted(classes[n] for n in dom.upgraded_over)), members))
+    ioas_state = tuple(objs[i].iopt.snapshot()[:2] for i in ioases)
+    names = tuple(sorted((k, label.get(v, ("dev", v)) if vmm.kinds.get(k) != "device" else ("dev", v))
+                         for k, v in vmm.names.items()))
+    us = tuple((label.get(h["id"]), h["cc"], tuple(sorted(dev_state(n) for n in h["devices"])))
+               for h in vmm.us.get("hwpts", ()))
+    kvm = host.kvm.snapshot()[1:] if host.kvm else None
+    return (devs, tuple(sorted(hwpts)), ioas_state, names, us, kvm, tuple(glob))
+
+
+def _enabled(events: list[Step], done: frozenset) -> list[int]:
+    done_labels = {events[i].label for i in done}
+    return [i for i, e in enumerate(events) if i not in done and all(a in done_labels for a in e.after)]
+
+
+def _domains(vmm: Vmm) -> int:
+    ctx = vmm.host.ctxs[vmm.iommufd.fd]
+    return sum(1 for o in ctx.objects.values() if o.type == "hwpt_paging")
+
+
+def _outcome(vmm: Vmm) -> tuple:
+    """What 'the same result' means for order dependence: which devices share a HWPT and
+    whether it enforces CC (ids and list positions aside)."""
+    ctx = vmm.host.ctxs[vmm.iommufd.fd]
+    parts = []
+    for g_hwpt in {id(g.hwpt): g.hwpt for g in ctx.groups.values() if g.hwpt is not None}.values():
+        members = sorted(d.dev.name for g in ctx.groups.values() if g.hwpt is g_hwpt for d in g.devices)
+        parts.append((g_hwpt.enforce_cc, tuple(members)))
+    return tuple(sorted(parts)), _domains(vmm)
+
+
+def explore(sc: Scenario, profile: str | None = None, strategy: str = "kernel-auto", *, symmetry: bool = True,
+            max_states: int | None = None, progress=None) -> dict:
+    """Explore every order of ``sc.events``; the DESIGN.md explore JSON as a dict."""
+    if not sc.events:
+        raise ScenarioError(f"{sc.source}: [explore] has no events: nothing to permute")
+    profile = profile or sc.profile
+    t0 = time.perf_counter()
+    base = Vmm(sc, profile, strategy)
+    for step in sc.steps:
+        base.apply(step)
+    events = sc.events
+    classes = device_classes(sc, symmetry)
+    root_key = canonical(base, frozenset(), events, classes)
+    root_hz = frozenset(h.kind for h in detect(base.host))
+    nodes: dict[tuple, Node] = {root_key: Node(base, frozenset(), 1, {k: (1 if k in root_hz else 0) for k in KINDS},
+                                                0 if root_hz else 1, None, root_hz)}
+    level = [root_key]
+    traces: dict[str, list] = {}
+    first_at: dict[str, tuple] = {k: root_key for k in root_hz}
+    truncated = False
+    terminals: list[tuple] = []
+    for depth in range(len(events) + 1):
+        if depth == len(events):
+            terminals = level
+            break
+        nxt: list[tuple] = []
+        for key in level:
+            node = nodes[key]
+            for ei in _enabled(events, node.done):
+                done = node.done | {ei}
+                child = node.vmm.clone()
+                child.apply(events[ei])
+                ckey = canonical(child, done, events, classes)
+                cn = nodes.get(ckey)
+                if cn is None:
+                    if max_states is not None and len(nodes) >= max_states:
+                        truncated = True
+                        continue
+                    hz = frozenset(h.kind for h in detect(child.host))
+                    cn = Node(child, done, 0, {k: 0 for k in KINDS}, 0, (key, ei), hz)
+                    nodes[ckey] = cn
+                    nxt.append(ckey)
+                    for k in hz:
+                        first_at.setdefault(k, ckey)
+                cn.ways += node.ways
+                cn.clean += 0 if cn.hazards else node.clean
+                for k in KINDS:
+                    cn.seen[k] += node.ways if k in cn.hazards else node.seen[k]
+            node.vmm = None if depth < len(events) else node.vmm   # free memory level by level
+        level = nxt
+        if progress:
+            progress(depth + 1, len(events), len(nodes))
+        if truncated and not level:
+            break
+    domain_counts: dict[str, int] = {}
+    outcomes = set()
+    clean_domains = []
+    orders = 0
+    for key in terminals:
+        n = nodes[key]
+        d = _domains(n.vmm)
+        domain_counts[str(d)] = domain_counts.get(str(d), 0) + n.ways
+        outcomes.add(_outcome(n.vmm))
+        orders += n.ways
+        if n.clean:
+            clean_domains.append(d)
+    for k, key in first_at.items():
+        path = []
+        while nodes[key].parent is not None:
+            key, ei = nodes[key].parent
+            path.append(events[ei].to_json())
+        traces[k] = list(reversed(path))
+    hazards = [{"kind": k, "count": sum(nodes[t].seen[k] for t in terminals), "trace": traces[k],
+                "states": sum(1 for n in nodes.values() if k in n.hazards)}
+               for k in KINDS if k in traces]
+    seconds = time.perf_counter() - t0
+    return {"profile": profile, "strategy": strategy, "events": len(events), "orders": orders, "states": len(nodes),
+            "seconds": round(seconds, 4), "states_per_second": round(len(nodes) / seconds, 1) if seconds else 0.0,
+            "domain_counts": dict(sorted(domain_counts.items(), key=lambda kv: int(kv[0]))),
+            "order_dependent": len(outcomes) > 1, "optimal_domains": min(clean_domains) if clean_domains else None,
+            "worst_domains": max((int(k) for k in domain_counts), default=None),
+            "hazard_free_orders": sum(nodes[t].clean for t in terminals),
+            "hazards": hazards, "truncated": truncated, "symmetry": symmetry}
+
+
+def replay(sc: Scenario, profile: str, trace: list[dict], strategy: str = "kernel-auto") -> Vmm:
+    """Run the stage and then ``trace`` (event dicts as in a hazard trace) as plain steps."""
+    vmm = Vmm(sc, profile, strategy)
+    for step in sc.steps:
+        vmm.apply(step)
+    for i, ev in enumerate(trace):
+        args = {k: v for k, v in ev.items() if k != "op"}
+        vmm.apply(Step(len(sc.steps) + i, ev["op"], args))
+    return vmm
+
+
+def compare(sc: Scenario, profiles: list[str], strategies: list[str] | None = None, **kw) -> dict:
+    """Explore under each profile (and strategy); ``{"profiles": {NAME: explore result}}``.
+    NAME is the profile, or ``profile+strategy`` when several strategies are compared."""
+    strategies = strategies or ["kernel-auto"]
+    out = {}
+    for p in profiles:
+        for s in strategies:
+            name = p if len(strategies) == 1 else f"{p}+{s}"
+            try:
+                out[name] = explore(sc, p, s, **kw)
+            except ScenarioError as e:
+                if len(strategies) == 1:
+                    raise
+                out[name] = {"profile": p, "strategy": s, "skipped": str(e)}
+    optimum = min((r["optimal_domains"] for r in out.values() if r.get("optimal_domains") is not None), default=None)
+    for r in out.values():
+        if "skipped" not in r:
+            r["worst_order_optimal"] = optimum is not None and r["worst_domains"] == optimum and bool(
+                r["hazard_free_orders"] == r["orders"])
+    return {"profiles": out, "optimal_domains": optimum}
+
+
+def stderr_progress(console):
+    """A progress callback that prints one line per level to stderr."""
+    def cb(depth, total, states):
+        console.print(f"[dim]explore: {depth}/{total} events placed, {states} states[/]")
+    return cb
