@@ -37,14 +37,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _profile_arg(args, scenario_profile: str | None = None) -> str:
-    if getattr(args, "kernel", None) and getattr(args, "profile", None):
+    if getattr(args, "kernel", None) is not None and getattr(args, "profile", None) is not None:
         raise UsageError("--profile and --kernel name the same thing; give one")
-    if getattr(args, "kernel", None):
+    if getattr(args, "kernel", None) is not None:
         try:
             return profile_for_kernel(args.kernel).name
         except ValueError as e:
             raise UsageError(str(e)) from None
-    name = getattr(args, "profile", None) or scenario_profile or DEFAULT_PROFILE
+    name = getattr(args, "profile", None)
+    if name is None:  # (an explicit --profile "" is an unknown profile, not "use the default")
+        name = scenario_profile or DEFAULT_PROFILE
     try:
         return get_profile(name).name
     except KeyError as e:
@@ -56,7 +58,7 @@ def cmd_run(args, out: Console, err: Console) -> int:
     from .runner import run
     from .scenario import load
     sc = load(args.scenario)
-    res = run(sc, _profile_arg(args, sc.profile))
+    res = run(sc, _profile_arg(args, sc.profile), args.strategy)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
@@ -104,7 +106,7 @@ def cmd_compare(args, out: Console, err: Console) -> int:
         for s in strategies:
             if s not in STRATEGIES:
                 raise UsageError(f"--strategies: unknown strategy {s!r}; known: {', '.join(STRATEGIES)}")
-    res = compare(sc, profiles, strategies, **_explore_kw(args, err))
+    res = compare(sc, profiles, strategies, graph_limit=200 if args.html else 0, **_explore_kw(args, err))
     if args.html:
         from .report.html import compare_html
         try:
@@ -150,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     _profile_opts(r)
     r.add_argument("--json", action="store_true", help="machine output on stdout (DESIGN.md contract)")
     r.add_argument("--fail-on-hazard", action="store_true", help="exit 1 if any hazard was reached")
+    r.add_argument("--strategy", default="kernel-auto", choices=["kernel-auto", "qemu-style", "cc-aware"],
+                   help="how the VMM places a device attached to an IOAS (default: kernel-auto)")
     r.set_defaults(fn=cmd_run)
 
     e = sub.add_parser("explore", help="explore every order of a scenario's [explore] events",
@@ -214,6 +218,13 @@ def _profile_opts(sp) -> None:
     g.add_argument("--kernel", metavar="X.Y[.Z]", help="pick the profile modelling this kernel version")
 
 
+def _say(message: str) -> None:
+    """One error message on stderr, as is: not through rich, which wraps at the console width (splitting the
+    file name) and would read ':name:' as an emoji code."""
+    sys.stderr.write(message.rstrip("\n") + "\n")
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -226,13 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args, out, err)
     except (ScenarioError, UsageError) as e:
-        err.print(f"pyiommufd: error: {e}", markup=False)
+        _say(f"pyiommufd: error: {e}")
         return 2
     except EmulationGap as e:
-        err.print(f"pyiommufd: not modelled: {e}", markup=False)
+        _say(f"pyiommufd: not modelled: {e}")
         return 2
     except EnvironmentMissing as e:
-        err.print(f"pyiommufd: {e}", markup=False)
+        _say(f"pyiommufd: {e}")
         return 3
     except KeyboardInterrupt:
         err.print("interrupted")

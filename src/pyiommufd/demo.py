@@ -39,7 +39,7 @@ def _summary(res: dict) -> str:
     cc = "".join("C" if h["enforce_cc"] else "n" for h in f["hwpts"])
     errs = [f"step {s['index']} {s['op']}: {s['errno']}" for s in res["steps"] if not s["ok"]]
     hz = sorted({h["kind"] for h in f["hazards"]})
-    parts = [f"{doms} domain{'s' if doms != 1 else ''}" + (escape(f" [{cc}]") if cc else "")]
+    parts = [f"{doms} domain{'s' if doms != 1 else ''}" + (f" [{cc}]" if cc else "")]
     if errs:
         parts.append("; ".join(errs))
     if hz:
@@ -61,7 +61,7 @@ def demo(console: Console, as_json: bool = False) -> int:
         console.print(f"[dim]{escape(' '.join(sc.description.split()))}[/]")
         t = Table("profile", "what happens (C = HWPT enforces CC, n = does not)", "expectations", box=None)
         for p, r in rows:
-            t.add_row(p, _summary(r), "[green]met[/]" if r["ok"] else "[red]FAILED[/]")
+            t.add_row(p, escape(_summary(r)), "[green]met[/]" if r["ok"] else "[red]FAILED[/]")
         console.print(t)
         console.print(f"  run it: [cyan]pyiommufd run scenarios/{rel} --profile {rows[-1][0]}[/]\n")
     ok = all(pr["ok"] for r in results for pr in r["profiles"].values())

@@ -38,6 +38,7 @@ class Node:
     clean: int = 0               # orders reaching this state with no hazard on the way
     parent: tuple | None = None  # (parent key, event index)
     hazards: frozenset = frozenset()
+    domains: int = 0
 
 
 def _template(ev: Step, own: set[str]) -> tuple:
@@ -117,7 +118,8 @@ def canonical(vmm: Vmm, done: frozenset, events: list[Step], classes: dict) -> t
             hwpts.append((label[i], o.users, getattr(o, "auto_domain", False), o.enforce_cc, dom.enforce_cc,
                           dom.set_pte_snp, dom.has_mappings, tuple(sorted(dom.ptes.items())), dom.upgraded_over and
                           tuple(sorted(classes[n] for n in dom.upgraded_over)), members))
-    ioas_state = tuple(objs[i].iopt.snapshot()[:2] for i in ioases)
+    ioas_state = tuple((tuple(objs[i].iopt.areas.items()),
+                        tuple(sorted((a, b, classes[o]) for a, b, o in objs[i].iopt.reserved))) for i in ioases)
     names = tuple(sorted((k, label.get(v, ("dev", v)) if vmm.kinds.get(k) != "device" else ("dev", v))
                          for k, v in vmm.names.items()))
     us = tuple((label.get(h["id"]), h["cc"], tuple(sorted(dev_state(n) for n in h["devices"])))
@@ -148,8 +150,9 @@ def _outcome(vmm: Vmm) -> tuple:
 
 
 def explore(sc: Scenario, profile: str | None = None, strategy: str = "kernel-auto", *, symmetry: bool = True,
-            max_states: int | None = None, progress=None) -> dict:
-    """Explore every order of ``sc.events``; the DESIGN.md explore JSON as a dict."""
+            max_states: int | None = None, progress=None, graph_limit: int = 0) -> dict:
+    """Explore every order of ``sc.events``; the DESIGN.md explore JSON as a dict.
+    With ``graph_limit`` > 0 and at most that many states, the state graph is included."""
     if not sc.events:
         raise ScenarioError(f"{sc.source}: [explore] has no events: nothing to permute")
     profile = profile or sc.profile
@@ -162,12 +165,13 @@ def explore(sc: Scenario, profile: str | None = None, strategy: str = "kernel-au
     root_key = canonical(base, frozenset(), events, classes)
     root_hz = frozenset(h.kind for h in detect(base.host))
     nodes: dict[tuple, Node] = {root_key: Node(base, frozenset(), 1, {k: (1 if k in root_hz else 0) for k in KINDS},
-                                                0 if root_hz else 1, None, root_hz)}
+                                                0 if root_hz else 1, None, root_hz, _domains(base))}
     level = [root_key]
     traces: dict[str, list] = {}
     first_at: dict[str, tuple] = {k: root_key for k in root_hz}
     truncated = False
     terminals: list[tuple] = []
+    edges: list[tuple] = []
     for depth in range(len(events) + 1):
         if depth == len(events):
             terminals = level
@@ -186,11 +190,13 @@ def explore(sc: Scenario, profile: str | None = None, strategy: str = "kernel-au
                         truncated = True
                         continue
                     hz = frozenset(h.kind for h in detect(child.host))
-                    cn = Node(child, done, 0, {k: 0 for k in KINDS}, 0, (key, ei), hz)
+                    cn = Node(child, done, 0, {k: 0 for k in KINDS}, 0, (key, ei), hz, _domains(child))
                     nodes[ckey] = cn
                     nxt.append(ckey)
                     for k in hz:
                         first_at.setdefault(k, ckey)
+                if graph_limit:
+                    edges.append((key, ckey, ei))
                 cn.ways += node.ways
                 cn.clean += 0 if cn.hazards else node.clean
                 for k in KINDS:
@@ -223,13 +229,21 @@ def explore(sc: Scenario, profile: str | None = None, strategy: str = "kernel-au
                 "states": sum(1 for n in nodes.values() if k in n.hazards)}
                for k in KINDS if k in traces]
     seconds = time.perf_counter() - t0
+    extra = {}
+    if graph_limit and len(nodes) <= graph_limit:
+        ids = {k: i for i, k in enumerate(nodes)}
+        extra["graph"] = {
+            "nodes": [{"id": ids[k], "depth": len(n.done), "hazards": sorted(n.hazards),
+                       "domains": n.domains, "ways": n.ways}
+                      for k, n in nodes.items()],
+            "edges": [[ids[a], ids[b], events[ei].label] for a, b, ei in edges]}
     return {"profile": profile, "strategy": strategy, "events": len(events), "orders": orders, "states": len(nodes),
             "seconds": round(seconds, 4), "states_per_second": round(len(nodes) / seconds, 1) if seconds else 0.0,
             "domain_counts": dict(sorted(domain_counts.items(), key=lambda kv: int(kv[0]))),
             "order_dependent": len(outcomes) > 1, "optimal_domains": min(clean_domains) if clean_domains else None,
             "worst_domains": max((int(k) for k in domain_counts), default=None),
             "hazard_free_orders": sum(nodes[t].clean for t in terminals),
-            "hazards": hazards, "truncated": truncated, "symmetry": symmetry}
+            "hazards": hazards, "truncated": truncated, "symmetry": symmetry, **extra}
 
 
 def replay(sc: Scenario, profile: str, trace: list[dict], strategy: str = "kernel-auto") -> Vmm:

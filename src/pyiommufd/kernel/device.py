@@ -128,7 +128,9 @@ def hw_pagetable_attach(ctx: IommufdCtx, hwpt, idev: Device) -> None:
             if paging is not None:
                 paging.ioas.iopt.remove_reserved(idev.dev.name)
             raise
-        if paging is not None and not paging.filled:  # E1: iopt_table_add_domain at first attach
+        # E1 only: iopt_table_add_domain at first attach (6.2.1).  From 6.6 the caller
+        # (iommufd_hwpt_paging_alloc) adds the domain after the immediate attach.
+        if paging is not None and p.era == "E1" and not paging.filled:
             try:
                 fill(paging)
             except KernelErr:
