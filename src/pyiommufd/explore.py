@@ -19,7 +19,6 @@ shortest counterexample trace.
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 
@@ -31,14 +30,14 @@ from .scenario import Scenario, Step
 
 @dataclass
 class Node:
-    vmm: Vmm | None
+    vmm: Vmm | None              # the representative: the state reached by ``trace``
     done: frozenset
-    ways: int = 0
-    seen: dict | None = None     # kind -> orders reaching this state that passed that hazard
-    clean: int = 0               # orders reaching this state with no hazard on the way
-    parent: tuple | None = None  # (parent key, event index)
+    trace: tuple                 # event indices; the lexicographically least shortest path here
     hazards: frozenset = frozenset()
     domains: int = 0
+    ways: int = 0                # orders reaching this state
+    seen: dict | None = None     # kind -> orders reaching this state that passed that hazard
+    clean: int = 0               # orders reaching this state with no hazard on the way
 
 
 def _template(ev: Step, own: set[str]) -> tuple:
@@ -128,11 +127,6 @@ def canonical(vmm: Vmm, done: frozenset, events: list[Step], classes: dict) -> t
     return (devs, tuple(sorted(hwpts)), ioas_state, names, us, kvm, tuple(glob))
 
 
-def _enabled(events: list[Step], done: frozenset) -> list[int]:
-    done_labels = {events[i].label for i in done}
-    return [i for i, e in enumerate(events) if i not in done and all(a in done_labels for a in e.after)]
-
-
 def _domains(vmm: Vmm) -> int:
     ctx = vmm.host.ctxs[vmm.iommufd.fd]
     return sum(1 for o in ctx.objects.values() if o.type == "hwpt_paging")
@@ -149,101 +143,151 @@ def _outcome(vmm: Vmm) -> tuple:
     return tuple(sorted(parts)), _domains(vmm)
 
 
-def explore(sc: Scenario, profile: str | None = None, strategy: str = "kernel-auto", *, symmetry: bool = True,
-            max_states: int | None = None, progress=None, graph_limit: int = 0) -> dict:
-    """Explore every order of ``sc.events``; the DESIGN.md explore JSON as a dict.
-    With ``graph_limit`` > 0 and at most that many states, the state graph is included."""
-    if not sc.events:
-        raise ScenarioError(f"{sc.source}: [explore] has no events: nothing to permute")
-    profile = profile or sc.profile
-    t0 = time.perf_counter()
-    base = Vmm(sc, profile, strategy)
-    for step in sc.steps:
-        base.apply(step)
-    events = sc.events
-    classes = device_classes(sc, symmetry)
-    root_key = canonical(base, frozenset(), events, classes)
-    root_hz = frozenset(h.kind for h in detect(base.host))
-    nodes: dict[tuple, Node] = {root_key: Node(base, frozenset(), 1, {k: (1 if k in root_hz else 0) for k in KINDS},
-                                                0 if root_hz else 1, None, root_hz, _domains(base))}
-    level = [root_key]
-    traces: dict[str, list] = {}
-    first_at: dict[str, tuple] = {k: root_key for k in root_hz}
+class Model:
+    """A scenario as a transition system (Stateright's shape): ``init``, the enabled
+    ``actions`` (events), ``next`` state, the canonical ``key``, and the facts the
+    properties read.  Every engine (in-process BFS, the Ray one) drives this one model."""
+
+    def __init__(self, sc: Scenario, profile: str | None = None, strategy: str = "kernel-auto",
+                 symmetry: bool = True):
+        if not sc.events:
+            raise ScenarioError(f"{sc.source}: [explore] has no events: nothing to permute")
+        self.sc, self.profile, self.strategy, self.symmetry = sc, profile or sc.profile, strategy, symmetry
+        self.events = sc.events
+        self.classes = device_classes(sc, symmetry)
+
+    def init(self) -> Vmm:
+        vmm = Vmm(self.sc, self.profile, self.strategy)
+        for step in self.sc.steps:
+            vmm.apply(step)
+        return vmm
+
+    def actions(self, done: frozenset) -> list[int]:
+        done_labels = {self.events[i].label for i in done}
+        return [i for i, e in enumerate(self.events)
+                if i not in done and all(a in done_labels for a in e.after)]
+
+    def next(self, vmm: Vmm, ei: int) -> Vmm:
+        child = vmm.clone()
+        child.apply(self.events[ei])
+        return child
+
+    def key(self, vmm: Vmm, done: frozenset) -> tuple:
+        return canonical(vmm, done, self.events, self.classes)
+
+    def node(self, vmm: Vmm, done: frozenset, trace: tuple) -> Node:
+        return Node(vmm, done, trace, frozenset(h.kind for h in detect(vmm.host)), _domains(vmm),
+                    0, {k: 0 for k in KINDS}, 0)
+
+
+def expand_level(model: Model, level: dict, nodes_get, nodes_add, max_states=None, edges=None) -> bool:
+    """Expand one BFS level in place.  ``level`` maps key -> Node (fully counted).  Children go
+    through ``nodes_get(key)`` / ``nodes_add(key, node)``; a child keeps the least trace among its
+    incoming edges, with the state that trace reaches.  Returns True if max_states cut anything."""
     truncated = False
-    terminals: list[tuple] = []
-    edges: list[tuple] = []
-    for depth in range(len(events) + 1):
-        if depth == len(events):
-            terminals = level
-            break
-        nxt: list[tuple] = []
-        for key in level:
-            node = nodes[key]
-            for ei in _enabled(events, node.done):
-                done = node.done | {ei}
-                child = node.vmm.clone()
-                child.apply(events[ei])
-                ckey = canonical(child, done, events, classes)
-                cn = nodes.get(ckey)
-                if cn is None:
-                    if max_states is not None and len(nodes) >= max_states:
-                        truncated = True
-                        continue
-                    hz = frozenset(h.kind for h in detect(child.host))
-                    cn = Node(child, done, 0, {k: 0 for k in KINDS}, 0, (key, ei), hz, _domains(child))
-                    nodes[ckey] = cn
-                    nxt.append(ckey)
-                    for k in hz:
-                        first_at.setdefault(k, ckey)
-                if graph_limit:
-                    edges.append((key, ckey, ei))
-                cn.ways += node.ways
-                cn.clean += 0 if cn.hazards else node.clean
-                for k in KINDS:
-                    cn.seen[k] += node.ways if k in cn.hazards else node.seen[k]
-            node.vmm = None if depth < len(events) else node.vmm   # free memory level by level
-        level = nxt
-        if progress:
-            progress(depth + 1, len(events), len(nodes))
-        if truncated and not level:
-            break
+    for key, node in sorted(level.items(), key=lambda kv: kv[1].trace):
+        for ei in model.actions(node.done):
+            child = model.next(node.vmm, ei)
+            done = node.done | {ei}
+            ckey = model.key(child, done)
+            trace = node.trace + (ei,)
+            cn = nodes_get(ckey)
+            if cn is None:
+                if not nodes_add(ckey, None):
+                    truncated = True
+                    continue
+                cn = model.node(child, done, trace)
+                nodes_add(ckey, cn)
+            elif trace < cn.trace:
+                cn.vmm, cn.trace = child, trace
+            if edges is not None:
+                edges.append((key, ckey, ei))
+            accumulate(cn, node)
+    return truncated
+
+
+def accumulate(cn: Node, parent: Node) -> None:
+    """Order counting along one edge parent -> cn."""
+    cn.ways += parent.ways
+    cn.clean += 0 if cn.hazards else parent.clean
+    for k in KINDS:
+        cn.seen[k] += parent.ways if k in cn.hazards else parent.seen[k]
+
+
+def summarize(model: Model, nodes: dict, terminals: list, truncated: bool, seconds: float) -> dict:
+    """The explore JSON from the finished node table (shared by every engine)."""
     domain_counts: dict[str, int] = {}
     outcomes = set()
     clean_domains = []
     orders = 0
     for key in terminals:
         n = nodes[key]
-        d = _domains(n.vmm)
-        domain_counts[str(d)] = domain_counts.get(str(d), 0) + n.ways
+        domain_counts[str(n.domains)] = domain_counts.get(str(n.domains), 0) + n.ways
         outcomes.add(_outcome(n.vmm))
         orders += n.ways
         if n.clean:
-            clean_domains.append(d)
-    for k, key in first_at.items():
-        path = []
-        while nodes[key].parent is not None:
-            key, ei = nodes[key].parent
-            path.append(events[ei].to_json())
-        traces[k] = list(reversed(path))
-    hazards = [{"kind": k, "count": sum(nodes[t].seen[k] for t in terminals), "trace": traces[k],
+            clean_domains.append(n.domains)
+    first: dict[str, Node] = {}
+    for n in nodes.values():
+        for k in n.hazards:
+            if k not in first or (len(n.trace), n.trace) < (len(first[k].trace), first[k].trace):
+                first[k] = n
+    hazards = [{"kind": k, "count": sum(nodes[t].seen[k] for t in terminals),
+                "trace": [model.events[i].to_json() for i in first[k].trace],
                 "states": sum(1 for n in nodes.values() if k in n.hazards)}
-               for k in KINDS if k in traces]
-    seconds = time.perf_counter() - t0
-    extra = {}
-    if graph_limit and len(nodes) <= graph_limit:
-        ids = {k: i for i, k in enumerate(nodes)}
-        extra["graph"] = {
-            "nodes": [{"id": ids[k], "depth": len(n.done), "hazards": sorted(n.hazards),
-                       "domains": n.domains, "ways": n.ways}
-                      for k, n in nodes.items()],
-            "edges": [[ids[a], ids[b], events[ei].label] for a, b, ei in edges]}
-    return {"profile": profile, "strategy": strategy, "events": len(events), "orders": orders, "states": len(nodes),
-            "seconds": round(seconds, 4), "states_per_second": round(len(nodes) / seconds, 1) if seconds else 0.0,
+               for k in KINDS if k in first]
+    return {"profile": model.profile, "strategy": model.strategy, "events": len(model.events), "orders": orders,
+            "states": len(nodes), "seconds": round(seconds, 4),
+            "states_per_second": round(len(nodes) / seconds, 1) if seconds else 0.0,
             "domain_counts": dict(sorted(domain_counts.items(), key=lambda kv: int(kv[0]))),
             "order_dependent": len(outcomes) > 1, "optimal_domains": min(clean_domains) if clean_domains else None,
             "worst_domains": max((int(k) for k in domain_counts), default=None),
             "hazard_free_orders": sum(nodes[t].clean for t in terminals),
-            "hazards": hazards, "truncated": truncated, "symmetry": symmetry, **extra}
+            "hazards": hazards, "truncated": truncated, "symmetry": model.symmetry}
+
+
+def explore(sc: Scenario, profile: str | None = None, strategy: str = "kernel-auto", *, symmetry: bool = True,
+            max_states: int | None = None, progress=None, graph_limit: int = 0) -> dict:
+    """Explore every order of ``sc.events`` in this process; the DESIGN.md explore JSON.
+    With ``graph_limit`` > 0 and at most that many states, the state graph is included."""
+    t0 = time.perf_counter()
+    model = Model(sc, profile, strategy, symmetry)
+    base = model.init()
+    root = model.node(base, frozenset(), ())
+    root.ways, root.clean = 1, 0 if root.hazards else 1
+    root.seen = {k: int(k in root.hazards) for k in KINDS}
+    root_key = model.key(base, frozenset())
+    nodes: dict[tuple, Node] = {root_key: root}
+    level = {root_key: root}
+    truncated = False
+    edges: list | None = [] if graph_limit else None
+
+    def add(key, node):
+        if node is None:   # asking for room
+            return max_states is None or len(nodes) < max_states
+        nodes[key] = node
+        nxt[key] = node
+        return True
+
+    for depth in range(len(model.events)):
+        nxt: dict = {}
+        truncated |= expand_level(model, level, nodes.get, add, max_states, edges)
+        for n in level.values():
+            n.vmm = None       # free memory level by level
+        level = nxt
+        if progress:
+            progress(depth + 1, len(model.events), len(nodes))
+        if not level:
+            break
+    terminals = [k for k, n in nodes.items() if len(n.done) == len(model.events)]
+    res = summarize(model, nodes, terminals, truncated, time.perf_counter() - t0)
+    if graph_limit and len(nodes) <= graph_limit:
+        ids = {k: i for i, k in enumerate(nodes)}
+        res["graph"] = {
+            "nodes": [{"id": ids[k], "depth": len(n.done), "hazards": sorted(n.hazards), "domains": n.domains,
+                       "ways": n.ways} for k, n in nodes.items()],
+            "edges": [[ids[a], ids[b], model.events[ei].label] for a, b, ei in edges]}
+    return res
 
 
 def replay(sc: Scenario, profile: str, trace: list[dict], strategy: str = "kernel-auto") -> Vmm:

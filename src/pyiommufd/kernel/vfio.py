@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 
 from . import device as idevice
-from . import iommu
 from .err import KernelErr
 
 
@@ -152,6 +151,7 @@ def group_set_container(host, f: GroupFile, fd: int) -> None:
         from .ioas import Ioas
         ctx.vfio_ioas = ctx.alloc(Ioas())
         ctx.finalize(ctx.vfio_ioas)
+    ctx.refs += 1   # iommufd_ctx_from_file's reference, kept in group->iommufd until unset/release
     f.ctx_fd = fd
 
 
