@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from rich.console import Console
@@ -83,7 +84,9 @@ def cmd_explore(args, out: Console, err: Console) -> int:
     from .report.text import explore_report
     from .scenario import load
     sc = load(args.scenario)
-    res = explore(sc, _profile_arg(args, sc.profile), args.strategy, **_explore_kw(args, err))
+    res = _engine_explore(sc, _profile_arg(args, sc.profile), args, err) if args.engine != "process" or \
+        args.fingerprint_bits is not None or args.workers is not None or args.address else \
+        explore(sc, _profile_arg(args, sc.profile), args.strategy, **_explore_kw(args, err))
     if args.json:
         print(json.dumps(res, indent=2))
     else:
@@ -122,6 +125,67 @@ def cmd_compare(args, out: Console, err: Console) -> int:
     return 0
 
 
+def _engine_explore(sc, profile: str, args, err: Console) -> dict:
+    """explore --engine ray / --fingerprint-bits: the sharded explorer (distributed.py)."""
+    from .distributed import ray_explore, sharded_explore
+    bits = args.fingerprint_bits
+    if bits is not None and not 1 <= bits <= 256:
+        raise UsageError("--fingerprint-bits must be between 1 and 256 (64 is the usual choice)")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    kw = dict(_explore_kw(args, err), fingerprint_bits=bits)
+    if args.engine == "ray":
+        return ray_explore(sc, profile, args.strategy, workers=args.workers, address=args.address, **kw)
+    if args.address or args.workers is not None:
+        raise UsageError(f"{'--address' if args.address else '--workers'} needs --engine ray "
+                         "(the in-process explorer runs in one process)")
+    return sharded_explore(sc, profile, args.strategy, shards=1, **kw)
+
+
+def cmd_sweep(args, out: Console, err: Console) -> int:
+    from .report.text import sweep_report
+    from .sweep import SystemShape, enumerate_systems, parse_policies, run_sweep
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    if args.max_states is not None and args.max_states < 1:
+        raise UsageError("--max-states must be at least 1")
+    if args.address and args.engine != "ray":
+        raise UsageError("--address needs --engine ray")
+    try:
+        policies = parse_policies(args.policies, args.profiles, args.strategies)
+        if args.system:
+            shapes = sorted({SystemShape.from_label(s) for s in args.system}, key=SystemShape.size_key)
+        else:
+            shapes = enumerate_systems(args.max_devices, args.max_units, min_devices=args.min_devices, sc=args.sc,
+                                       groups=args.groups, unplug=args.unplug)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if not shapes:
+        raise UsageError("no system matches these bounds")
+    if not args.quiet:
+        err.print(f"[dim]sweep: {len(shapes)} systems x {len(policies)} policies on engine {args.engine}[/]")
+    step = max(1, len(shapes) // 20)
+
+    def progress(done, total, label):
+        if not args.quiet and (done % step == 0 or done == total):
+            err.print(f"[dim]sweep: {done}/{total} systems explored (last: {label})[/]", markup=True)
+    res = run_sweep(shapes, policies, engine=args.engine, jobs=args.workers, address=args.address,
+                    max_states=args.max_states, symmetry=not args.no_symmetry, progress=progress)
+    if args.html:
+        from .report.html import sweep_html
+        try:
+            with open(args.html, "w") as f:
+                f.write(sweep_html(res))
+        except OSError as e:
+            raise UsageError(f"--html {args.html}: {e.strerror}") from None
+        err.print(f"wrote {args.html}")
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        sweep_report(res, out, details=not args.brief)
+    return 0
+
+
 def cmd_profiles(args, out: Console, err: Console) -> int:
     from .report.text import profiles_report
     if args.json:
@@ -135,6 +199,84 @@ def cmd_profiles(args, out: Console, err: Console) -> int:
 def cmd_demo(args, out: Console, err: Console) -> int:
     from .demo import demo
     return demo(out, as_json=args.json)
+
+
+def cmd_info(args, out: Console, err: Console) -> int:
+    from .conform.hostinfo import collect, domain_counts, info_report
+    info = collect(bind=not args.no_bind)
+    if not args.no_domain_counts:
+        info["domain_counts"] = domain_counts(info)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        info_report(info, out)
+    return 0
+
+
+def _conform_items(args):
+    from pathlib import Path
+
+    from .conform.corpus import Item, default_corpus
+    from .scenario import load
+    if not args.scenarios:
+        return default_corpus(args.seed, args.random)
+    items = []
+    for path in args.scenarios:
+        load(path)  # bad input: exit 2 naming the file and step
+        p = Path(path)
+        items.append(Item(p.stem if p.stem not in {i.name for i in items} else str(p), p.read_text(), str(p)))
+    return items
+
+
+def cmd_conform(args, out: Console, err: Console) -> int:
+    import shutil
+    from pathlib import Path
+
+    from .conform import harness
+    from .conform.build import DEFAULT_TARBALL, GUEST_PYTHON, BuildError
+    from .conform.qemu import QEMU
+    if args.random < 0:
+        raise UsageError("--random must be at least 0")
+    names = args.config or list(harness.CONFIGS)
+    for n in names:
+        if n not in harness.CONFIGS:
+            raise UsageError(f"--config: unknown configuration {n!r}; known: {', '.join(harness.CONFIGS)}")
+    configs = [harness.CONFIGS[n] for n in dict.fromkeys(names)]
+    items = _conform_items(args)
+    if args.list:
+        per, unfit = harness.plan(items, configs)
+        if args.json:
+            print(json.dumps({"configs": {c: [i.name for i in v] for c, v in per.items()}, "unfit": unfit}, indent=2))
+        else:
+            for c, v in per.items():
+                out.print(f"{c}: {len(v)} scenarios", markup=False)
+            for u in unfit:
+                out.print(f"fits nowhere: {u['scenario']}: {u['why']}", markup=False)
+        return 0
+    missing = [what for what, ok in (
+        (f"{QEMU} (apt-get install qemu-system-x86)", shutil.which(QEMU)),
+        ("busybox (apt-get install busybox-static)", shutil.which("busybox")),
+        (f"{GUEST_PYTHON} (apt-get install python3.11)", GUEST_PYTHON.is_file()),
+        (f"{DEFAULT_TARBALL} (apt-get install linux-source-6.12)",
+         Path(os.environ.get("PYIOMMUFD_LINUX_TARBALL") or DEFAULT_TARBALL).is_file())) if not ok]
+    if missing:
+        raise EnvironmentMissing("conformance needs " + "; ".join(missing)
+                                 + ".  Run: sh src/pyiommufd/conform/install-deps.sh")
+    if args.scenarios:
+        per, unfit = harness.plan(items, configs)
+        if unfit and len(unfit) == len(items):
+            raise UsageError("no scenario fits a configuration: " + "; ".join(f"{u['scenario']}: {u['why']}" for u in unfit))
+    try:
+        res = harness.run_conformance(items, configs, cache=args.cache, dma_probe=not args.no_dma, jobs=args.jobs,
+                                      timeout=args.timeout, log=lambda m: err.print(f"[conform] {m}", markup=False))
+    except BuildError as e:
+        raise EnvironmentMissing(f"cannot build the conformance kernel or initramfs: {e}") from None
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(harness.text_report(res, all_rows=not args.differences_only))
+    dma_failed = not args.no_dma and res["dma"] and not res["dma_ok"]
+    return 1 if res["unexplained"] or dma_failed or not res["client_example_ok"] else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("scenario", help="scenario TOML file with an [explore] table")
     _profile_opts(e)
     _explore_opts(e)
+    _engine_opts(e, "explore")
+    e.add_argument("--fingerprint-bits", type=int, metavar="B", help="hash compaction: keep a B-bit fingerprint of "
+                   "each state instead of its key (less memory; P(a state is omitted) <= n(n-1)/2^(B+1), reported)")
     e.add_argument("--strategy", default="kernel-auto", choices=["kernel-auto", "qemu-style", "cc-aware"],
                    help="how the VMM places a device attached to an IOAS (default: kernel-auto)")
     e.add_argument("--json", action="store_true", help="machine output on stdout (DESIGN.md contract)")
@@ -190,6 +335,49 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML report")
     c.set_defaults(fn=cmd_compare)
 
+    sw = sub.add_parser("sweep", help="explore every system up to a bound under each policy; verdicts per policy",
+                        description="Enumerate every Intel VT-d system with a VM up to --max-devices devices over "
+                        "--max-units remapping units (Snoop Control on or off, any iommu-group shape, with and without "
+                        "hot-unplug of the devices without CC capability), each shape once up to renaming units and "
+                        "devices; explore every attach order of each under each policy (profile or profile+strategy) "
+                        "and report per policy the share of systems that are order-dependent, that reach each hazard "
+                        "kind and that end with more than the minimal domain count, with the smallest counterexample "
+                        "system and trace for each.  See docs/sweep.md.",
+                        epilog="examples:\n"
+                        "  pyiommufd sweep --max-devices 3 --max-units 2\n"
+                        "  pyiommufd sweep --max-devices 6 --max-units 3 --json > sweep.json\n"
+                        "  pyiommufd sweep --policies linux-6.12,linux-6.12+cc-aware --html out/sweep.html\n"
+                        "  pyiommufd sweep --max-devices 6 --max-units 3 --engine ray --workers 2\n"
+                        "  pyiommufd sweep --engine ray --address ray://head:10001 --max-devices 8\n"
+                        "  pyiommufd sweep --system 'nosc[1] sc[2] +unplug' --policies linux-6.12+cc-aware\n\n"
+                        "A system is written unit by unit: sc[2,1] is a unit with Snoop Control holding a group of two "
+                        "devices and a device alone; nosc[1] a unit without it; +unplug adds the hot-unplug events.",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sw.add_argument("--max-devices", type=int, default=4, metavar="N", help="devices per system, at most (default 4)")
+    sw.add_argument("--min-devices", type=int, default=1, metavar="M", help="devices per system, at least (default 1)")
+    sw.add_argument("--max-units", type=int, default=3, metavar="U", help="remapping units with devices (default 3)")
+    sw.add_argument("--sc", choices=["both", "on", "off"], default="both",
+                    help="unit capability: Snoop Control on, off, or both kinds (default both)")
+    sw.add_argument("--groups", choices=["all", "own"], default="all",
+                    help="group shapes: every partition of a unit's devices (all) or one group per device (own)")
+    sw.add_argument("--unplug", choices=["both", "none", "only"], default="both",
+                    help="systems with and/or without hot-unplug events (default both)")
+    sw.add_argument("--system", action="append", metavar="LABEL", help="sweep only this system (repeatable), "
+                    "e.g. 'sc[1] nosc[1] +unplug'")
+    sw.add_argument("--policies", metavar="P,...", help="profile or profile+strategy names (default: linux-6.2, "
+                    "linux-6.6, linux-6.12, proposal-want-cc, proposal-upgrade-keep, and linux-6.12 with qemu-style "
+                    "and cc-aware)")
+    sw.add_argument("--profiles", metavar="A,B,...", help="instead of --policies: these profiles ...")
+    sw.add_argument("--strategies", metavar="S,...", help="... times these strategies (default kernel-auto)")
+    sw.add_argument("--max-states", type=int, metavar="N", help="per exploration (truncated ones get no verdict)")
+    sw.add_argument("--no-symmetry", action="store_true", help="explore without symmetry reduction")
+    _engine_opts(sw, "sweep")
+    sw.add_argument("--json", action="store_true", help="machine output on stdout (only JSON; progress on stderr)")
+    sw.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML report")
+    sw.add_argument("--brief", action="store_true", help="table and verdicts only, no counterexample traces")
+    sw.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    sw.set_defaults(fn=cmd_sweep)
+
     pr = sub.add_parser("profiles", help="list the kernel eras and proposals that can be emulated",
                         description="List the profiles: each a kernel release (or a proposal) as a record of "
                         "switches, with the source each switch was read from (--json shows them all).")
@@ -201,7 +389,57 @@ def build_parser() -> argparse.ArgumentParser:
                        "each claim, the scenario that tests it, and what each kernel era does.")
     d.add_argument("--json", action="store_true")
     d.set_defaults(fn=cmd_demo)
+
+    i = sub.add_parser("info", help="this host's VFIO devices, IOMMU units and what each profile would make of them",
+                       description="On a real host: list the VFIO device cdevs, their iommu groups and remapping units "
+                       "with their capabilities (Intel ECAP.SC from sysfs and from IOMMU_GET_HW_INFO after binding each "
+                       "device to a fresh iommufd), each device's cache-coherency capability, and the domain counts each "
+                       "Linux profile gives when every device is attached to one IOAS, over all attach orders. Exit 3 "
+                       "without a usable /dev/iommu.")
+    i.add_argument("--json", action="store_true", help="machine output on stdout")
+    i.add_argument("--no-bind", action="store_true", help="read sysfs only: do not bind devices for GET_HW_INFO")
+    i.add_argument("--no-domain-counts", action="store_true", help="skip the emulator run over attach orders")
+    i.set_defaults(fn=cmd_info)
+
+    cf = sub.add_parser("conform", help="run scenarios on the emulator and on real Linux 6.12 in QEMU, diff them",
+                        description="Build (once, cached) a Linux 6.12 kernel and boot it under QEMU (TCG) with an "
+                        "emulated Intel VT-d and edu devices bound to vfio-pci, once per configuration; the guest runs "
+                        "every scenario that fits the configuration through the same client code, the host runs them on "
+                        "the emulator (linux-6.12), and each step is compared: result and errno, returned ids, domain "
+                        "sharing, page-table contents and cache coherency (the SNP bit of the IOPTEs).  Also checks real "
+                        "DMA by an edu device through an IOAS mapping.  Exit 1 on any unexplained disagreement, 3 when "
+                        "QEMU or the kernel source is missing.",
+                        epilog="examples:\n  pyiommufd conform                       # the whole corpus (make conform)\n"
+                        "  pyiommufd conform src/pyiommufd/scenarios/conform/map-overlap.toml --config snoop-on\n"
+                        "  pyiommufd conform --list                # which scenario runs where",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    cf.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="scenario files (default: the corpus: "
+                    "shipped scenarios that fit, their snoop-control variants, seeded random sequences)")
+    cf.add_argument("--config", action="append", metavar="NAME",
+                    help="configuration to boot (repeatable): snoop-on, snoop-off, bridge, mock (default: all)")
+    cf.add_argument("--random", type=int, default=50, metavar="N",
+                    help="random scenarios per family in the default corpus (default 50)")
+    cf.add_argument("--seed", type=int, default=0, help="seed of the random scenarios (default 0)")
+    cf.add_argument("--no-dma", action="store_true", help="skip the edu DMA check")
+    cf.add_argument("--jobs", type=int, default=2, help="VMs booted at once (default 2)")
+    cf.add_argument("--timeout", type=float, help="seconds per boot (default 120 + 3 per scenario)")
+    cf.add_argument("--cache", metavar="DIR", help="cache directory (default $PYIOMMUFD_CACHE or "
+                    "~/.cache/pyiommufd/conform)")
+    cf.add_argument("--list", action="store_true", help="only show which scenario runs on which configuration")
+    cf.add_argument("--differences-only", action="store_true", help="table rows only for scenarios that differ")
+    cf.add_argument("--json", action="store_true", help="machine output on stdout")
+    cf.set_defaults(fn=cmd_conform)
     return p
+
+
+def _engine_opts(sp, what: str) -> None:
+    sp.add_argument("--engine", choices=["process", "ray"], default="process",
+                    help="process: this machine (default); ray: Ray tasks/actors, on a local Ray started for the run "
+                    "or the cluster at --address (needs the extra: pip install 'pyiommufd[ray]')")
+    sp.add_argument("--address", metavar="ADDR", help="an existing Ray cluster (e.g. ray://head:10001 or auto)")
+    sp.add_argument("--workers", type=int, metavar="N", help=(
+        "processes on this machine (process engine) or CPUs of the local Ray (default: all cores)" if what == "sweep"
+        else "Ray: CPUs of the local Ray and key shards (actors) (default: all cores)"))
 
 
 def _explore_opts(sp) -> None:

@@ -86,6 +86,8 @@ class Scenario:
 class _Ctx:
     def __init__(self, source: str):
         self.source = source
+        self.binders: dict[str, int] = {}   # name -> first step whose 'as' binds it (for "bound later" hints)
+        self.current: int | None = None     # the step being checked (None: an event)
 
     def fail(self, where: str, msg: str) -> None:
         raise ScenarioError(f"{self.source}: {where}: {msg}")
@@ -165,7 +167,7 @@ def load(path: str | Path) -> Scenario:
         raise ScenarioError(f"{source}: invalid TOML: arrays or inline tables nested too deeply") from None
     except ValueError:  # int() refuses a decimal literal longer than sys.get_int_max_str_digits()
         limit = sys.get_int_max_str_digits()
-        m = re.search(r"\d[\d_]{%d,}" % max(limit - 1, 1), doc)
+        m = re.search(rf"\d[\d_]{{{max(limit - 1, 1)},}}", doc)
         at = f" (at line {doc.count(chr(10), 0, m.start()) + 1})" if m else ""
         raise ScenarioError(f"{source}: invalid TOML: an integer with more than {limit} digits{at}") from None
     return parse(data, source, default_name=p.stem)
@@ -201,6 +203,9 @@ def parse(data: dict, source: str = "<scenario>", default_name: str = "scenario"
     # names bound by `as` anywhere in events may be used by other events (order is explored)
     event_names = {e.get("as") for e in events_raw if isinstance(e.get("as"), str)}
     bound: set[str] = set()
+    for i, raw in enumerate(steps_raw):
+        if isinstance(raw.get("as"), str):
+            c.binders.setdefault(raw["as"], i)
     steps = [_step(c, f"step {i}", i, raw, devices, bound, event=False) for i, raw in enumerate(steps_raw)]
     ev_bound = bound | event_names
     events = [_step(c, f"event {i}", i, raw, devices, ev_bound, event=True) for i, raw in enumerate(events_raw)]
@@ -337,8 +342,12 @@ def _ref(c, where, key, v, bound) -> str | int:
     if isinstance(v, str):
         if v not in bound:
             close = difflib.get_close_matches(v, sorted(bound), n=1, cutoff=0.6)
+            later = c.binders.get(v) if c.current is not None else None
+            hint = ("its own 'as' binds it only once the step has run" if later == c.current else
+                    f"step {later} binds it, later" if later is not None else
+                    f"did you mean {close[0]!r}?" if close else "")
             c.fail(where, f"{key!r}: name {_show(v)} is not bound by an earlier step's 'as'"
-                          + (f" (did you mean {close[0]!r}?)" if close else ""))
+                          + (f" ({hint})" if hint else ""))
         return v
     if isinstance(v, bool) or not isinstance(v, int):
         c.fail(where, f"{key!r} must be a name bound by an earlier 'as' or an integer id, got {_got(v)}")
@@ -346,6 +355,7 @@ def _ref(c, where, key, v, bound) -> str | int:
 
 
 def _step(c, where, index, raw, devices, bound, event: bool) -> Step:
+    c.current = None if event else index
     if "op" not in raw:
         c.fail(where, "missing key 'op'")
     op = raw["op"]

@@ -46,7 +46,7 @@ class EmulatedTransport:
         return self._call(self.host.ioctl, fd, request, buf, request=request, buf=buf)
 
     def mmap(self, length: int) -> int:
-        return self.host.mem.mmap(length)
+        return self._call(self.host.mem.mmap, length)
 
     # Emulator-only events (no uAPI on this project's machines to drive them for real).
     def kvm_file(self, op: str, fd: int) -> None:
@@ -63,6 +63,7 @@ class RealTransport:
     def __init__(self):
         self.fds: set[int] = set()
         self._maps: list = []
+        self._views: list = []
 
     def __enter__(self):
         return self
@@ -88,12 +89,21 @@ class RealTransport:
         os.close(fd)
 
     def close_all(self) -> None:
+        """Close every fd this transport opened (newest first: device cdevs before the
+        /dev/iommu they are bound to), then release the buffers handed out by ``mmap``."""
         for fd in sorted(self.fds, reverse=True):
             try:
                 os.close(fd)
             except OSError:
                 pass
         self.fds.clear()
+        self._views.clear()   # the ctypes views pin the mmaps' buffers: drop them first
+        for m in self._maps:
+            try:
+                m.close()
+            except (BufferError, ValueError):
+                pass          # still exported by a caller's view: freed when that goes
+        self._maps.clear()
 
     def ioctl(self, fd: int, request: int, buf) -> int:
         import fcntl
@@ -102,12 +112,20 @@ class RealTransport:
         except OSError as e:
             raise IoctlError(e.errno, request, buf) from None
 
+    # Buffers larger than this are not reserved: a scenario asking to map more (to see the
+    # kernel's answer to a huge length) gets the address of a small buffer, which is what the
+    # kernel's length and IOVA checks see before any page is touched.
+    MMAP_LIMIT = 1 << 30
+
     def mmap(self, length: int) -> int:
-        """Anonymous private memory for IOAS_MAP, kept alive as long as the transport."""
+        """Anonymous private memory for IOAS_MAP (page-aligned), kept until ``close_all``."""
         import mmap
-        m = mmap.mmap(-1, max(length, 1), mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        size = length if 0 < length <= self.MMAP_LIMIT else mmap.PAGESIZE
+        m = mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        view = ctypes.c_char.from_buffer(m)
         self._maps.append(m)
-        return ctypes.addressof(ctypes.c_char.from_buffer(m))
+        self._views.append(view)
+        return ctypes.addressof(view)
 
     def kvm_file(self, op: str, fd: int) -> None:
         raise EnvironmentMissing("KVM is not driven on a real host by this tool (no KVM on these machines)")

@@ -47,39 +47,44 @@ def _version(v: str | None) -> tuple[int, int]:
 
 
 class UserMemory:
-    """The emulated process's anonymous mappings, so the kernel can copy to user pointers."""
+    """The emulated process's anonymous mappings, so the kernel can copy to user pointers.
 
-    __slots__ = ("maps", "next_addr")
+    Sparse: a mapping reserves address space only; a page gets bytes when first written
+    (a VMM maps gigabytes of guest RAM, the kernel writes a few structs)."""
+
+    __slots__ = ("maps", "pages", "next_addr")
+    LIMIT = 1 << 47            # the x86-64 user address space
 
     def __init__(self):
-        self.maps: dict[int, bytearray] = {}
-        self.next_addr = 0x7F0000000000
+        self.maps: dict[int, int] = {}            # base -> length
+        self.pages: dict[int, bytearray] = {}     # page address -> contents
+        self.next_addr = 0x7F0000000000 >> 8      # well below LIMIT, room for large maps
 
     def mmap(self, length: int) -> int:
+        size = max(1, -(-length // 4096)) * 4096
+        if self.next_addr + size + 4096 > self.LIMIT:
+            raise KernelErr(errno.ENOMEM, f"mmap of {length:#x} bytes: no room in the address space")
         addr = self.next_addr
-        pages = max(1, -(-length // 4096))
-        self.maps[addr] = bytearray(pages * 4096)
-        self.next_addr += (pages + 1) * 4096   # a guard page between mappings
+        self.maps[addr] = size
+        self.next_addr += size + 4096             # a guard page between mappings
         return addr
 
+    def _check(self, addr: int, length: int) -> None:
+        if not any(base <= addr and addr + length <= base + size for base, size in self.maps.items()):
+            raise KernelErr(errno.EFAULT, f"user address {addr:#x} not mapped")
+
     def write(self, addr: int, data: bytes) -> None:
-        for base, buf in self.maps.items():
-            if base <= addr and addr + len(data) <= base + len(buf):
-                buf[addr - base:addr - base + len(data)] = data
-                return
-        raise KernelErr(errno.EFAULT, f"user address {addr:#x} not mapped")
+        self._check(addr, len(data))
+        for i, b in enumerate(data):
+            page = (addr + i) & ~4095
+            buf = self.pages.get(page)
+            if buf is None:
+                buf = self.pages[page] = bytearray(4096)
+            buf[(addr + i) & 4095] = b
 
     def read(self, addr: int, length: int) -> bytes:
-        for base, buf in self.maps.items():
-            if base <= addr and addr + length <= base + len(buf):
-                return bytes(buf[addr - base:addr - base + length])
-        raise KernelErr(errno.EFAULT, f"user address {addr:#x} not mapped")
-
-    def __deepcopy__(self, memo):
-        new = UserMemory.__new__(UserMemory)
-        new.maps = self.maps  # contents are scratch buffers: share them between clones
-        new.next_addr = self.next_addr
-        return new
+        self._check(addr, length)
+        return bytes((self.pages.get((a & ~4095)) or bytes(4096))[a & 4095] for a in range(addr, addr + length))
 
 
 class Host:
@@ -170,20 +175,27 @@ class Host:
             raise KernelErr(errno.EBADF, f"fd {fd} is not open")
         self.put_file(f)
 
+    def put_ctx(self, ctx: IommufdCtx) -> None:
+        """iommufd_ctx_put: the ctx's file holds one reference, every bound device one
+        (iommufd_device_bind's iommufd_ctx_get) and every VFIO group using it as its container
+        one (group->iommufd); the last put runs iommufd_fops_release."""
+        ctx.refs -= 1
+        if not ctx.refs:
+            ctx.release()
+            del self.ctxs[ctx.fd]
+
     def put_file(self, f) -> None:
         """fput: the file is released when no fd and no kernel user (KVM) holds it."""
+        if isinstance(f, IommufdCtx):
+            self.put_ctx(f)
+            return
         f.refs -= 1
         if f.refs:
             return
-        if isinstance(f, IommufdCtx):
-            # Devices bound to this ctx keep it alive (iommufd_ctx_get in bind); VFIO files
-            # going away unbind them.  A VMM closes its devices first; we require it.
-            if any(d.ctx_fd == f.fd for d in self.devices.values()):
-                f.refs += 1
-                self.files[f.fd] = f
-                raise KernelErr(errno.EBUSY, "close of an iommufd with devices still bound is not modelled")
-            f.release()
-            del self.ctxs[f.fd]
+        if f.kind == "group":
+            if f.ctx_fd is not None:   # vfio_group_fops_release: iommufd_ctx_put(group->iommufd)
+                self.put_ctx(self.ctxs[f.ctx_fd])
+                f.ctx_fd = None
         elif f.kind == "cdev":
             if f.access_granted:
                 vfio.physical_unbind(self, f.dev)
@@ -283,7 +295,8 @@ class Host:
                 raise KernelErr(errno.EINVAL, "no container")
             if any(d.open_via == "group" and d.group == f.group for d in self.devices.values()):
                 raise KernelErr(errno.EBUSY, "devices of the group are open")
-            f.ctx_fd = None
+            ctx, f.ctx_fd = self.ctxs[f.ctx_fd], None
+            self.put_ctx(ctx)   # vfio_group_ioctl_unset_container: iommufd_ctx_put
             return 0
         if request == uapi.VFIO_GROUP_GET_DEVICE_FD:
             name = bytes(mv).split(b"\0", 1)[0].decode()
