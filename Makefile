@@ -15,7 +15,19 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/pyiommufd demo
 
 test: $(VENV)/.installed
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not conform"
+
+# Real Linux 6.12 in QEMU vs the emulator: installs the Debian packages it needs (apt-get, once),
+# builds the kernel once (cached under ~/.cache/pyiommufd/conform), boots each configuration once,
+# prints the agreement table and fails on any unexplained disagreement; then the one boot test.
+conform: $(VENV)/.installed
+	sh src/pyiommufd/conform/install-deps.sh
+	$(VENV)/bin/pyiommufd conform
+	PYIOMMUFD_CONFORM=1 $(PY) -m pytest -m conform
+
+# How fast, beside SPIN and a naive search (needs: apt-get install spin).  BENCH_FLAGS=--quick: CI size.
+bench: $(VENV)/.installed
+	$(VENV)/bin/pyiommufd bench $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

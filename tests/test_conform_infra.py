@@ -151,7 +151,7 @@ def test_qemu_command_intel_iommu(snoop, word):
         assert flag in cmd
     assert cmd[cmd.index("-nic") + 1] == "none"
     assert cmd[cmd.index("-kernel") + 1] == "bz" and cmd[cmd.index("-initrd") + 1] == "rd"
-    assert cmd[cmd.index("-append") + 1] == "console=ttyS0 intel_iommu=on panic=-1 quiet"
+    assert cmd[cmd.index("-append") + 1] == "console=ttyS0 intel_iommu=on panic=-1 quiet no_timer_check"
     assert _devices(cmd) == [
         f"intel-iommu,intremap=on,caching-mode=on,snoop-control={word}", "edu", "edu"]
 

@@ -43,7 +43,10 @@ class EmulatedTransport:
         self._call(self.host.close, fd)
 
     def ioctl(self, fd: int, request: int, buf) -> int:
-        return self._call(self.host.ioctl, fd, request, buf, request=request, buf=buf)
+        try:   # _call, inlined: the hot path
+            return self.host.ioctl(fd, request, buf)
+        except KernelErr as e:
+            raise IoctlError(e.errno, request, buf, e.detail) from None
 
     def mmap(self, length: int) -> int:
         return self._call(self.host.mem.mmap, length)

@@ -377,6 +377,21 @@ def write_cpio(root: Path, out: BinaryIO,
     entry("TRAILER!!!", 0)
 
 
+def _prune(outdir: Path, keep: int = INITRAMFS_KEEP, min_age: float = 3600.0) -> None:
+    """Drop archives beyond the newest *keep* that were not used for *min_age* seconds.  Other
+    processes share the cache (and prune it too): a file may vanish between listing and stat,
+    and one touched by a boot in progress is young, so it stays."""
+    def mtime(p: Path) -> float:
+        try:
+            return p.stat().st_mtime
+        except FileNotFoundError:
+            return -1.0
+    now = time.time()
+    for old in sorted(outdir.glob("*.cpio"), key=mtime)[:-keep]:
+        if 0 <= mtime(old) < now - min_age:
+            old.unlink(missing_ok=True)
+
+
 def build_initramfs(cache_dir: Path | str | None, payload_dir: Path | str, job_json: str, *,
                     extra_packages: tuple[Path | str, ...] = ()) -> Path:
     """Return a cached initramfs (uncompressed newc cpio) that runs the job's module.
@@ -451,8 +466,7 @@ def build_initramfs(cache_dir: Path | str | None, payload_dir: Path | str, job_j
             # The kernel opens /dev/console for init before /init can mount devtmpfs.
             write_cpio(root, f, nodes=(("dev/console", stat.S_IFCHR | 0o600, 5, 1),))
         part.rename(archive)
-    for old in sorted(outdir.glob("*.cpio"), key=lambda p: p.stat().st_mtime)[:-INITRAMFS_KEEP]:
-        old.unlink()
+    _prune(outdir)
     log(f"initramfs built in {time.monotonic() - t0:.1f} s: {archive} "
         f"({archive.stat().st_size} bytes, {len(stdlib)} stdlib files, module {module})")
     return archive

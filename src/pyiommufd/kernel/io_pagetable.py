@@ -1,15 +1,14 @@
 """struct io_pagetable: the IOVA -> user memory map of one IOAS.
 
 Mirrors drivers/iommu/iommufd/io_pagetable.c (read at 6.12.117).  Areas live in a
-sorted map keyed by first IOVA, so map, unmap and the overlap checks cost
-O(log n) in the number of areas (the kernel uses an interval tree).
+sorted map keyed by first IOVA (areamap.AreaMap), so map, unmap and the overlap checks
+cost O(log n) in the number of areas (the kernel uses an interval tree).
 """
 from __future__ import annotations
 
 import errno
 
-from sortedcontainers import SortedDict
-
+from .areamap import AreaMap
 from .err import KernelErr
 
 ULONG_MAX = (1 << 64) - 1
@@ -22,19 +21,23 @@ MAX_ALLOC_ALIGNMENT = PAGE_SIZE
 class IoPagetable:
     """Areas, reserved ranges, the domains to keep filled, and iova_alignment."""
 
-    __slots__ = ("areas", "reserved", "iova_alignment", "domains")
+    __slots__ = ("areas", "reserved", "iova_alignment", "domains", "outside")
 
     def __init__(self) -> None:
-        self.areas: SortedDict = SortedDict()   # start -> (last, prot)
+        self.areas = AreaMap()                  # start -> (last, prot)
         self.reserved: list[tuple[int, int, str]] = []  # (start, last, owner device name)
         self.iova_alignment = 1                 # iopt_init_table
         self.domains: list = []                 # driver domains mirrored from the areas
+        # Ranges outside a filled domain's aperture, reserved by iopt_table_add_domain with the
+        # domain as owner: (start, last, domain serial).  Kept apart from the per-device ranges.
+        self.outside: list[tuple[int, int, int]] = []
 
     def __deepcopy__(self, memo):
         new = IoPagetable.__new__(IoPagetable)
         new.areas = self.areas.copy()
         new.reserved = list(self.reserved)
         new.iova_alignment = self.iova_alignment
+        new.outside = list(self.outside)
         from copy import deepcopy
         new.domains = deepcopy(self.domains, memo)
         return new
@@ -43,22 +46,19 @@ class IoPagetable:
     def area_iter_first(self, start: int, last: int):
         """iopt_area_iter_first: the lowest area intersecting [start, last], or None."""
         areas = self.areas
-        i = areas.bisect_right(start) - 1
-        if i >= 0:
-            a_start = areas.keys()[i]
-            a_last, prot = areas.values()[i]
+        a_start = areas.floor(start)
+        if a_start is not None:
+            a_last, prot = areas[a_start]
             if a_last >= start:
                 return a_start, a_last, prot
-        i += 1
-        if i < len(areas):
-            a_start = areas.keys()[i]
-            if a_start <= last:
-                a_last, prot = areas.values()[i]
-                return a_start, a_last, prot
+        a_start = areas.higher(start)
+        if a_start is not None and a_start <= last:
+            a_last, prot = areas[a_start]
+            return a_start, a_last, prot
         return None
 
     def reserved_iter_first(self, start: int, last: int):
-        for r in self.reserved:
+        for r in self.reserved + self.outside:
             if r[0] <= last and r[1] >= start:
                 return r
         return None
@@ -87,7 +87,8 @@ class IoPagetable:
         align = min(align, MAX_ALLOC_ALIGNMENT)
         if align < self.iova_alignment:
             raise KernelErr(errno.EINVAL, "user address alignment below the IOAS's iova_alignment")
-        used = sorted([(s, v[0]) for s, v in self.areas.items()] + [(r[0], r[1]) for r in self.reserved])
+        used = sorted([(s, v[0]) for s, v in self.areas.items()]
+                      + [(r[0], r[1]) for r in self.reserved + self.outside])
         cursor, end = PAGE_SIZE, ULONG_MAX - PAGE_SIZE
         for u_start, u_last in used + [(end + 1, end + 1)]:
             hole_last = min(u_start - 1, end)
@@ -156,7 +157,8 @@ class IoPagetable:
 
     # -- domains --------------------------------------------------------------------
     def add_domain(self, domain) -> None:
-        """iopt_table_add_domain: raise iova_alignment to the domain's page size, fill it."""
+        """iopt_table_add_domain: raise iova_alignment to the domain's page size, reserve
+        everything outside the domain's aperture (EADDRINUSE if an area is there), fill it."""
         new_align = max(domain.min_page_size, self.iova_alignment)
         if new_align > PAGE_SIZE:
             raise KernelErr(errno.EINVAL, "domain page size above PAGE_SIZE")
@@ -165,6 +167,11 @@ class IoPagetable:
             for s, (l, _) in self.areas.items():
                 if s & mask or (l - s + 1) & mask:
                     raise KernelErr(errno.EADDRINUSE, "existing mapping not aligned to the domain's page size")
+        if domain.aperture_end != ULONG_MAX:
+            if self.area_iter_first(domain.aperture_end + 1, ULONG_MAX):
+                raise KernelErr(errno.EADDRINUSE, f"a mapping lies beyond the domain's aperture "
+                                                  f"(ends at {domain.aperture_end:#x})")
+            self.outside.append((domain.aperture_end + 1, ULONG_MAX, domain.serial))
         for s, (l, prot) in self.areas.items():
             domain.map(s, l, prot)
         self.domains.append(domain)
@@ -173,6 +180,7 @@ class IoPagetable:
     def remove_domain(self, domain) -> None:
         """iopt_table_remove_domain: unfill; alignment recomputed from the remaining domains."""
         self.domains = [d for d in self.domains if d is not domain]
+        self.outside = [r for r in self.outside if r[2] != domain.serial]
         for s, (l, _) in self.areas.items():
             domain.unmap(s, l)
         self.iova_alignment = max([1] + [d.min_page_size for d in self.domains])

@@ -20,7 +20,7 @@ class Domain:
 
     __slots__ = ("driver", "kind", "enforce_cc", "set_pte_snp", "has_mappings", "first_level",
                  "nest_parent", "parent", "dirty_tracking", "devices", "ptes", "upgraded_over",
-                 "min_page_size", "serial")
+                 "min_page_size", "serial", "aperture_end")
 
     def __init__(self, driver: str, serial: int, *, kind: str = "paging", first_level: bool = False,
                  nest_parent: bool = False, parent: "Domain | None" = None, dirty_tracking: bool = False):
@@ -38,6 +38,7 @@ class Domain:
         self.ptes: dict[int, tuple[int, bool]] = {}  # iova -> (last, snoop bit written)
         self.upgraded_over: tuple[str, ...] = ()     # non-SC devices attached when CC was switched on
         self.min_page_size = 4096
+        self.aperture_end = (1 << 64) - 1  # domain->geometry.aperture_end (ULONG_MAX: no limit)
 
     def map(self, start: int, last: int, prot: int) -> None:
         """iommu_map of one area: IOPTEs written now carry the snoop bit iff set_pte_snp."""

@@ -16,6 +16,15 @@ QEMU_CAP = 0x00D2008C22260286  # the cap_reg value QEMU 7.2 gives for aw-bits=39
 MSI_WINDOW = (0xFEE00000, 0xFEEFFFFF)  # IOAPIC_RANGE_START..END, intel_iommu_get_resv_regions
 
 
+def domain_address_width(cap: int) -> int:
+    """paging_domain_alloc: gaw = min(agaw_to_width(iommu->agaw), cap_mgaw(cap)), where iommu->agaw
+    is the largest SAGAW level up to 57 bits (iommu_calculate_agaw) and a level is 30 + 9 * agaw bits.
+    QEMU_CAP: SAGAW 0x2 (agaw 1, 39 bits), MGAW 39 -> 39."""
+    sagaw, mgaw = (cap >> 8) & 0x1F, ((cap >> 16) & 0x3F) + 1
+    agaw = max(a for a in range(4) if sagaw >> a & 1)
+    return min(30 + 9 * agaw, mgaw)
+
+
 class IntelDriver(Driver):
     name = "intel"
     hw_info_type = uapi.IOMMU_HW_INFO_TYPE_INTEL_VTD
@@ -48,9 +57,13 @@ class IntelDriver(Driver):
             raise KernelErr(errno.EOPNOTSUPP, f"{unit.name}: no nested translation (ecap_nest)")
         if flags & uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING and not unit.dirty_tracking:
             raise KernelErr(errno.EOPNOTSUPP, f"{unit.name}: no SSADS dirty tracking")
-        return self.host.new_domain(self.name, first_level=self.host.system.intel_page_table == "first-level",
-                                    nest_parent=bool(flags & uapi.IOMMU_HWPT_ALLOC_NEST_PARENT),
-                                    dirty_tracking=bool(flags & uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING))
+        dom = self.host.new_domain(self.name, first_level=self.host.system.intel_page_table == "first-level",
+                                   nest_parent=bool(flags & uapi.IOMMU_HWPT_ALLOC_NEST_PARENT),
+                                   dirty_tracking=bool(flags & uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING))
+        # paging_domain_alloc: geometry.aperture_end = __DOMAIN_MAX_ADDR(gaw) for second-level
+        # tables, __DOMAIN_MAX_ADDR(gaw - 1) for first-level ones (canonical addresses).
+        dom.aperture_end = (1 << (domain_address_width(QEMU_CAP) - (1 if dom.first_level else 0))) - 1
+        return dom
 
     def enforce_cache_coherency(self, domain: Domain) -> bool:
         """intel_iommu_enforce_cache_coherency.
