@@ -22,13 +22,15 @@ from .profiles import DEFAULT_PROFILE, Profile, get_profile
 U64_MAX = (1 << 64) - 1
 
 
+_HEADERS: dict[type, dict] = {}   # struct -> its leading size field set to sizeof: {"size": n} / {"argsz": n}
+
+
 def _new(cls, **fields):
-    s = cls(**fields)
-    if hasattr(s, "size"):
-        s.size = ctypes.sizeof(cls)
-    else:
-        s.argsz = ctypes.sizeof(cls)
-    return s
+    header = _HEADERS.get(cls)
+    if header is None:
+        names = [f[0] for f in cls._fields_]
+        header = _HEADERS[cls] = {"size" if "size" in names else "argsz": ctypes.sizeof(cls)}
+    return cls(**fields, **header)
 
 
 class Iommufd:

@@ -98,10 +98,16 @@ def canonical(vmm: Vmm, done: frozenset, events: list[Step], classes: dict) -> t
             done_by_dev.setdefault(d, []).append(events[i].op)
     kvm_files = {(f.dev.name if f.kind == "cdev" else f.group) for f in host.kvm.files} if host.kvm else set()
 
+    dev_states: dict[str, tuple] = {}   # each device's part, computed once (it recurs per HWPT)
+
     def dev_state(name: str) -> tuple:
-        d = host.devices[name]
-        return (classes[name], d.idev_id is not None, d.attached, d.open_via, name in vmm.cdevs,
-                name in vmm.devfds, name in kvm_files or d.group in kvm_files, tuple(sorted(done_by_dev.get(name, ()))))
+        s = dev_states.get(name)
+        if s is None:
+            d = host.devices[name]
+            s = dev_states[name] = (classes[name], d.idev_id is not None, d.attached, d.open_via, name in vmm.cdevs,
+                                    name in vmm.devfds, name in kvm_files or d.group in kvm_files,
+                                    tuple(sorted(done_by_dev.get(name, ()))))
+        return s
 
     where = {}
     for g in ctx.groups.values():
@@ -168,9 +174,18 @@ class Model:
                 if i not in done and all(a in done_labels for a in e.after)]
 
     def next(self, vmm: Vmm, ei: int) -> Vmm:
-        child = vmm.clone()
+        """The successor of ``vmm`` by event ``ei``; ``vmm`` is not changed.  States are values:
+        the successors of one state are asked for one after another, so it is serialized once
+        (``Vmm.freeze``) and each successor thawed from that (``_frozen`` is that one-entry cache)."""
+        frozen = getattr(self, "_frozen", None)
+        if frozen is None or frozen[0] is not vmm:
+            frozen = self._frozen = (vmm, vmm.freeze())
+        child = frozen[1].thaw()
         child.apply(self.events[ei])
         return child
+
+    def __getstate__(self):   # engines ship the model to workers: not the cache
+        return {k: v for k, v in self.__dict__.items() if k != "_frozen"}
 
     def key(self, vmm: Vmm, done: frozenset) -> tuple:
         return canonical(vmm, done, self.events, self.classes)
@@ -216,34 +231,85 @@ def accumulate(cn: Node, parent: Node) -> None:
 
 def summarize(model: Model, nodes: dict, terminals: list, truncated: bool, seconds: float) -> dict:
     """The explore JSON from the finished node table (shared by every engine)."""
-    domain_counts: dict[str, int] = {}
-    outcomes = set()
-    clean_domains = []
-    orders = 0
-    for key in terminals:
-        n = nodes[key]
-        domain_counts[str(n.domains)] = domain_counts.get(str(n.domains), 0) + n.ways
-        outcomes.add(_outcome(n.vmm))
-        orders += n.ways
+    facts = summary_facts(model, nodes.values(), [nodes[k] for k in terminals])
+    return summary_from_facts(model, facts, truncated, seconds)
+
+
+def _least(a, b):
+    """The lesser of two (len, trace) keys; None is 'none yet'."""
+    return b if a is None or (b is not None and b < a) else a
+
+
+def summary_facts(model: Model, nodes, terminal_nodes) -> dict:
+    """What ``summarize`` reads from a node table, in a form that merges (``merge_facts``): an engine
+    whose nodes live in several shards (distributed.py) takes each shard's facts and merges them."""
+    f = {"states": 0, "outcomes": {}, "domains": {}, "clean_domains": set(), "hazard_free_orders": 0,
+         "first": {}, "count": {k: 0 for k in KINDS}, "hstates": {k: 0 for k in KINDS}}
+    for n in terminal_nodes:
+        o = _outcome(n.vmm)
+        t = (len(n.trace), n.trace)
+        for table, key in ((f["outcomes"], o), (f["domains"], n.domains)):
+            ways, least = table.get(key, (0, None))
+            table[key] = (ways + n.ways, _least(least, t))
         if n.clean:
-            clean_domains.append(n.domains)
-    first: dict[str, Node] = {}
-    for n in nodes.values():
+            f["clean_domains"].add(n.domains)
+        f["hazard_free_orders"] += n.clean
+        for k in KINDS:
+            f["count"][k] += n.seen[k]
+    for n in nodes:
+        f["states"] += 1
         for k in n.hazards:
-            if k not in first or (len(n.trace), n.trace) < (len(first[k].trace), first[k].trace):
-                first[k] = n
-    hazards = [{"kind": k, "count": sum(nodes[t].seen[k] for t in terminals),
-                "trace": [model.events[i].to_json() for i in first[k].trace],
-                "states": sum(1 for n in nodes.values() if k in n.hazards)}
-               for k in KINDS if k in first]
-    return {"profile": model.profile, "strategy": model.strategy, "events": len(model.events), "orders": orders,
-            "states": len(nodes), "seconds": round(seconds, 4),
-            "states_per_second": round(len(nodes) / seconds, 1) if seconds else 0.0,
-            "domain_counts": dict(sorted(domain_counts.items(), key=lambda kv: int(kv[0]))),
-            "order_dependent": len(outcomes) > 1, "optimal_domains": min(clean_domains) if clean_domains else None,
+            f["hstates"][k] += 1
+            f["first"][k] = _least(f["first"].get(k), (len(n.trace), n.trace))
+    return f
+
+
+def merge_facts(a: dict, b: dict) -> dict:
+    """Facts of two disjoint node sets -> facts of their union."""
+    out = {"states": a["states"] + b["states"], "clean_domains": a["clean_domains"] | b["clean_domains"],
+           "hazard_free_orders": a["hazard_free_orders"] + b["hazard_free_orders"],
+           "count": {k: a["count"][k] + b["count"][k] for k in KINDS},
+           "hstates": {k: a["hstates"][k] + b["hstates"][k] for k in KINDS},
+           "first": {k: _least(a["first"].get(k), b["first"].get(k)) for k in set(a["first"]) | set(b["first"])}}
+    for t in ("outcomes", "domains"):
+        out[t] = dict(a[t])
+        for key, (ways, least) in b[t].items():
+            w0, l0 = out[t].get(key, (0, None))
+            out[t][key] = (w0 + ways, _least(l0, least))
+    return out
+
+
+def summary_from_facts(model: Model, f: dict, truncated: bool, seconds: float) -> dict:
+    """The explore JSON from (merged) facts.  Besides the DESIGN.md keys: ``domain_traces`` (final
+    domain count -> the least order ending with it) and ``outcome_traces`` (the distinct final
+    placements, by least order, up to 4: what differs when ``order_dependent``)."""
+    ev = model.events
+    domain_counts = {str(d): w for d, (w, _) in sorted(f["domains"].items())}
+    orders = sum(w for w, _ in f["domains"].values())
+    hazards = [{"kind": k, "count": f["count"][k], "trace": [ev[i].to_json() for i in f["first"][k][1]],
+                "states": f["hstates"][k]} for k in KINDS if k in f["first"]]
+    outcomes = sorted(f["outcomes"].items(), key=lambda kv: kv[1][1])
+    return {"profile": model.profile, "strategy": model.strategy, "events": len(ev), "orders": orders,
+            "states": f["states"], "seconds": round(seconds, 4),
+            "states_per_second": round(f["states"] / seconds, 1) if seconds else 0.0,
+            "domain_counts": domain_counts,
+            "order_dependent": len(f["outcomes"]) > 1,
+            "optimal_domains": min(f["clean_domains"]) if f["clean_domains"] else None,
             "worst_domains": max((int(k) for k in domain_counts), default=None),
-            "hazard_free_orders": sum(nodes[t].clean for t in terminals),
-            "hazards": hazards, "truncated": truncated, "symmetry": model.symmetry}
+            "hazard_free_orders": f["hazard_free_orders"],
+            "hazards": hazards, "truncated": truncated, "symmetry": model.symmetry,
+            "domain_traces": {str(d): [ev[i].to_json() for i in least[1]] for d, (_, least) in sorted(f["domains"].items())},
+            "outcome_traces": [{"domains": o[1], "hwpts": [{"enforce_cc": cc, "devices": list(devs)} for cc, devs in o[0]],
+                                "orders": w, "trace": [ev[i].to_json() for i in least[1]]} for o, (w, least) in outcomes[:4]]}
+
+
+def root_node(model: Model) -> tuple[tuple, Node]:
+    """The initial state (the stage played) as a counted node, with its key: one order reaches it."""
+    base = model.init()
+    root = model.node(base, frozenset(), ())
+    root.ways, root.clean = 1, 0 if root.hazards else 1
+    root.seen = {k: int(k in root.hazards) for k in KINDS}
+    return model.key(base, frozenset()), root
 
 
 def explore(sc: Scenario, profile: str | None = None, strategy: str = "kernel-auto", *, symmetry: bool = True,
@@ -252,11 +318,7 @@ def explore(sc: Scenario, profile: str | None = None, strategy: str = "kernel-au
     With ``graph_limit`` > 0 and at most that many states, the state graph is included."""
     t0 = time.perf_counter()
     model = Model(sc, profile, strategy, symmetry)
-    base = model.init()
-    root = model.node(base, frozenset(), ())
-    root.ways, root.clean = 1, 0 if root.hazards else 1
-    root.seen = {k: int(k in root.hazards) for k in KINDS}
-    root_key = model.key(base, frozenset())
+    root_key, root = root_node(model)
     nodes: dict[tuple, Node] = {root_key: root}
     level = {root_key: root}
     truncated = False

@@ -197,18 +197,11 @@ def boot_config(config: Config, items: list[Item], *, kernel: Path, cache: Path 
 
 def boot_info(config: Config, *, kernel: Path, cache: Path | None, payload: Path, timeout: float = 180.0) -> dict:
     """Run ``pyiommufd info``'s collection (hostinfo) inside the VM: the real /dev/iommu path.
-    The emulator's third-party dependencies (pure Python: sortedcontainers) go along."""
-    import importlib.util
-
+    The emulator (for the per-profile domain counts) needs nothing beyond the stdlib."""
     from . import qemu
     from .build import build_initramfs
-    extra = []
-    for name in ("sortedcontainers",):
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.origin:
-            extra.append(Path(spec.origin).parent)
     job = {"module": "pyiommufd.conform.hostinfo", "domain_counts": True}
-    initramfs = build_initramfs(cache, payload, json.dumps(job), extra_packages=tuple(extra))
+    initramfs = build_initramfs(cache, payload, json.dumps(job))
     r = qemu.run(kernel, initramfs, timeout=timeout, **config.boot_kwargs())
     res = parse_agent_output(r.output)
     return {"info": (res.get("info") or {}).get("info"), "rc": r.rc, "stderr": r.stderr[-2000:],

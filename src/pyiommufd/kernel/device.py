@@ -59,6 +59,7 @@ class Device(Obj):
         if not any(isinstance(o, Device) and o.igroup is self.igroup for o in ctx.objects.values()):
             if not self.igroup.devices and self.igroup.hwpt is None:
                 ctx.groups.pop(self.igroup.group.name, None)
+        ctx.host.put_ctx(ctx)   # pairs with iommufd_ctx_get in device_bind
 
     def snapshot(self):
         return (self.dev.name, self.igroup.group.name, self.enforce_cc)
@@ -82,6 +83,7 @@ def device_bind(ctx: IommufdCtx, dev) -> Device:
     idev.users += 1  # the calling driver is a user until device_unbind
     if new_igroup:
         ctx.groups[group.name] = igroup
+    ctx.refs += 1    # iommufd_ctx_get: the ctx outlives its fd while a device is bound (Device.destroy)
     ctx.finalize(idev)
     return idev
 

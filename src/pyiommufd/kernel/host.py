@@ -46,6 +46,64 @@ def _version(v: str | None) -> tuple[int, int]:
     return tuple(int(x) for x in (v or "99.99").split(".")[:2])
 
 
+def _destroy(ctx, cmd) -> None:
+    ctx.remove(cmd.id)
+
+
+def _get_hw_info(ctx, cmd) -> None:
+    idevice.get_hw_info(ctx, cmd, ctx.host.mem)
+
+
+_OP_TABLES: dict[tuple, dict] = {}
+
+
+def _iommufd_op_table(profile) -> dict:
+    """request -> (handler, kernel struct, min_size, struct size) for every iommufd command this
+    profile's kernel knows and the emulator models (what ``_iommufd_ioctl_checked`` works out per
+    call, once per kernel).  Keyed by the profile switches the answer depends on."""
+    key = (profile.kernel, profile.hwpt_alloc, profile.hw_info)
+    table = _OP_TABLES.get(key)
+    if table is None:
+        handlers = {uapi.IOMMUFD_CMD_DESTROY: (_destroy, uapi.iommu_destroy),
+                    uapi.IOMMUFD_CMD_IOAS_ALLOC: (ioas.ioas_alloc, uapi.iommu_ioas_alloc),
+                    uapi.IOMMUFD_CMD_IOAS_MAP: (ioas.ioas_map, uapi.iommu_ioas_map),
+                    uapi.IOMMUFD_CMD_IOAS_UNMAP: (ioas.ioas_unmap, uapi.iommu_ioas_unmap),
+                    uapi.IOMMUFD_CMD_VFIO_IOAS: (ioas.vfio_ioas, uapi.iommu_vfio_ioas)}
+        if profile.hwpt_alloc is not None:
+            handlers[uapi.IOMMUFD_CMD_HWPT_ALLOC] = (hw_pagetable.hwpt_alloc,
+                                                     uapi.HWPT_ALLOC_LAYOUTS[profile.hwpt_alloc])
+        if profile.hw_info is not None:
+            handlers[uapi.IOMMUFD_CMD_GET_HW_INFO] = (_get_hw_info, uapi.HW_INFO_LAYOUTS[profile.hw_info])
+        kernel = _version(profile.kernel)
+        table = {}
+        for nr, (handler, kstruct) in handlers.items():
+            if _version(_IOMMUFD_OPS[nr]) <= kernel:
+                first, last_field = _MIN_FIELD_FIRST_VERSION[nr]
+                table[uapi._IO(uapi.IOMMUFD_TYPE, nr)] = (handler, kstruct, uapi.offsetofend(first, last_field),
+                                                          ctypes.sizeof(kstruct))
+        _OP_TABLES[key] = table
+    return table
+
+
+def _out_field(kstruct, name: str) -> tuple[int, int]:
+    fld = getattr(kstruct, name)
+    return fld.offset, fld.offset + fld.size
+
+
+# VFIO cdev ioctls: request -> (struct, minsz (offsetofend of the last field read), handler, field copied back)
+_CDEV_OPS = {
+    uapi.VFIO_DEVICE_BIND_IOMMUFD: (uapi.vfio_device_bind_iommufd,
+                                    uapi.offsetofend(uapi.vfio_device_bind_iommufd, "out_devid"), vfio.cdev_bind,
+                                    _out_field(uapi.vfio_device_bind_iommufd, "out_devid")),
+    uapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT: (uapi.vfio_device_attach_iommufd_pt,
+                                         uapi.offsetofend(uapi.vfio_device_attach_iommufd_pt, "pt_id"),
+                                         vfio.cdev_attach, _out_field(uapi.vfio_device_attach_iommufd_pt, "pt_id")),
+    uapi.VFIO_DEVICE_DETACH_IOMMUFD_PT: (uapi.vfio_device_detach_iommufd_pt,
+                                         uapi.offsetofend(uapi.vfio_device_detach_iommufd_pt, "flags"),
+                                         vfio.cdev_detach, None),
+}
+
+
 class UserMemory:
     """The emulated process's anonymous mappings, so the kernel can copy to user pointers.
 
@@ -219,6 +277,31 @@ class Host:
         raise KernelErr(errno.ENOTTY, "device ioctls other than iommufd's are not modelled")
 
     def _iommufd_ioctl(self, ctx: IommufdCtx, request: int, buf) -> int:
+        op = _iommufd_op_table(self.profile).get(request)
+        if op is None:   # unknown, too new, malformed request number or not modelled: the full path
+            return self._iommufd_ioctl_checked(ctx, request, buf)
+        handler, kstruct, min_size, ksize = op
+        mv = memoryview(buf).cast("B")
+        if len(mv) < 4:
+            raise KernelErr(errno.EFAULT, "buffer shorter than the size field")
+        user_size = int.from_bytes(mv[:4], "little")
+        if user_size < min_size:
+            raise KernelErr(errno.EINVAL, f"size {user_size} below the minimum {min_size}")
+        if user_size > len(mv):
+            raise KernelErr(errno.EFAULT, f"size {user_size} exceeds the buffer ({len(mv)} bytes)")
+        if user_size >= ksize:
+            if user_size > ksize and any(mv[ksize:user_size]):
+                raise KernelErr(errno.E2BIG, "non-zero bytes past the kernel's struct")
+            cmd, n = kstruct.from_buffer_copy(mv), ksize
+        else:
+            cmd, n = kstruct.from_buffer_copy(bytes(mv[:user_size]) + bytes(ksize - user_size)), user_size
+        handler(ctx, cmd)
+        mv[:n] = memoryview(cmd).cast("B")[:n]   # iommufd_ucmd_respond: min(user_size, struct size)
+        return 0
+
+    def _iommufd_ioctl_checked(self, ctx: IommufdCtx, request: int, buf) -> int:
+        """iommufd_fops_ioctl step by step; ``_iommufd_ioctl`` takes a table of the requests this
+        kernel knows and the emulator models (``_iommufd_op_table``) and comes here for the rest."""
         nr = uapi.ioc_nr(request)
         intro = _IOMMUFD_OPS.get(nr)
         kernel = _version(self.profile.kernel)
@@ -265,24 +348,20 @@ class Host:
 
     def _cdev_ioctl(self, f, request: int, buf) -> int:
         """vfio_device_fops_unl_ioctl: BIND first; anything else needs access_granted (EINVAL)."""
-        structs = {uapi.VFIO_DEVICE_BIND_IOMMUFD: (uapi.vfio_device_bind_iommufd, "out_devid", vfio.cdev_bind),
-                   uapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT: (uapi.vfio_device_attach_iommufd_pt, "pt_id", vfio.cdev_attach),
-                   uapi.VFIO_DEVICE_DETACH_IOMMUFD_PT: (uapi.vfio_device_detach_iommufd_pt, "flags", vfio.cdev_detach)}
         if request != uapi.VFIO_DEVICE_BIND_IOMMUFD and not f.access_granted:
             raise KernelErr(errno.EINVAL, "device not bound (access not granted)")
-        if request not in structs:
+        op = _CDEV_OPS.get(request)
+        if op is None:
             raise KernelErr(errno.ENOTTY, "ioctl not modelled for VFIO devices")
-        kstruct, last, handler = structs[request]
-        minsz = uapi.offsetofend(kstruct, last)
+        kstruct, minsz, handler, out = op
         mv = memoryview(buf).cast("B")
         if len(mv) < minsz:
             raise KernelErr(errno.EFAULT, f"buffer shorter than minsz {minsz}")
         cmd = kstruct.from_buffer_copy(bytes(mv[:minsz]))
         handler(self, f, cmd, minsz)
-        out = {uapi.VFIO_DEVICE_BIND_IOMMUFD: "out_devid", uapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT: "pt_id"}.get(request)
         if out:   # copy_to_user of just that field
-            fld = getattr(kstruct, out)
-            mv[fld.offset:fld.offset + fld.size] = bytes(cmd)[fld.offset:fld.offset + fld.size]
+            start, end = out
+            mv[start:end] = memoryview(cmd).cast("B")[start:end]
         return 0
 
     def _group_ioctl(self, f, request: int, buf) -> int:

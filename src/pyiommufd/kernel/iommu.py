@@ -27,9 +27,10 @@ class IommuGroup:
 
 
 def claim_dma_owner(group: IommuGroup, owner) -> None:
-    """iommu_device_claim_dma_owner: a group has one user-space DMA owner at a time."""
+    """iommu_device_claim_dma_owner: a group has one user-space DMA owner at a time
+    (another owner -> EPERM)."""
     if group.owner_cnt and group.owner != owner:
-        raise KernelErr(errno.EBUSY, f"group {group.name} is owned by another DMA owner")
+        raise KernelErr(errno.EPERM, f"group {group.name} is owned by another DMA owner")
     group.owner = owner
     group.owner_cnt += 1
 

@@ -34,7 +34,7 @@ class IommufdCtx:
         self.building: dict[int, Obj] = {}  # reserved ids (XA_ZERO_ENTRY)
         self.groups: dict[str, object] = {} # iommufd_group per iommu_group (6.6+: ictx->groups)
         self.vfio_ioas = None               # the VFIO compat IOAS (IOMMU_VFIO_IOAS)
-        self.refs = 1                       # file references (the fd)
+        self.refs = 1                       # the fd, each bound device, each VFIO group using it (host.put_ctx)
 
     # -- object table -----------------------------------------------------------
     def alloc(self, obj: Obj) -> Obj:
@@ -85,8 +85,8 @@ class IommufdCtx:
     def release(self) -> None:
         """iommufd_fops_release: destroy leaf-first until nothing is left.
 
-        Devices are never destroyed here: their drivers hold a user and unbind them
-        when the VFIO file closes (host.close_ctx closes those first)."""
+        Devices are never destroyed here: each bound device holds a reference on the
+        ctx (iommufd_device_bind), so release runs only after the last one is unbound."""
         while self.objects:
             progress = False
             for obj in sorted(self.objects.values(), key=lambda o: o.id):

@@ -78,18 +78,21 @@ def _argsz(cmd, minsz: int) -> None:
 
 
 def cdev_bind(host, f: CdevFile, cmd, minsz: int) -> None:
-    """vfio_df_ioctl_bind_iommufd: argsz/flags/negative fd -> EINVAL; the group opened through
-    the legacy path -> EBUSY (vfio_device_block_group); bound twice -> EINVAL; then
-    vfio_df_open -> vfio_iommufd_physical_bind -> iommufd_device_bind."""
+    """vfio_df_ioctl_bind_iommufd (6.12.117): argsz/flags/negative fd -> EINVAL; the group opened
+    through the legacy path -> EBUSY (vfio_device_block_group); this fd bound already -> EINVAL;
+    iommufd_ctx_from_fd (EBADF / EBADFD); vfio_df_open: the device open through another cdev fd
+    -> EINVAL; then vfio_iommufd_physical_bind -> iommufd_device_bind."""
     if cmd.argsz < minsz or cmd.flags or cmd.iommufd < 0:
         raise KernelErr(errno.EINVAL, "argsz, flags or negative iommufd")
     dev = f.dev
     if dev.open_via == "group" or any(isinstance(o, GroupFile) and o.group == dev.group
                                       for o in host.files.values()):
         raise KernelErr(errno.EBUSY, f"group {dev.group} is open through the legacy group path")
-    if f.access_granted or dev.open_via == "cdev":
-        raise KernelErr(errno.EINVAL, f"{dev.name} is already bound")
+    if f.access_granted:
+        raise KernelErr(errno.EINVAL, f"{dev.name} is already bound through this fd")
     ctx = host.ctx_from_fd(cmd.iommufd)
+    if dev.open_via == "cdev":
+        raise KernelErr(errno.EINVAL, f"{dev.name} is open through another cdev fd (vfio_df_open)")
     idev = idevice.device_bind(ctx, dev)
     dev.ctx_fd, dev.idev_id, dev.open_via = ctx.fd, idev.id, "cdev"
     f.access_granted = True
@@ -142,8 +145,11 @@ def cdev_detach(host, f: CdevFile, cmd, minsz: int) -> None:
 
 def group_set_container(host, f: GroupFile, fd: int) -> None:
     """vfio_group_ioctl_set_container with an iommufd: the group uses that ctx.
-    Already set -> EINVAL; fd not an iommufd -> EBADFD.  6.2.1 (iommufd_vfio_compat_ioas_id)
-    creates the compat IOAS when the ctx has none -- it takes an object id."""
+    fdget -> EBADF; already set -> EINVAL; fd not an iommufd -> EBADFD.  6.2.1
+    (iommufd_vfio_compat_ioas_id) creates the compat IOAS when the ctx has none -- it takes
+    an object id."""
+    if fd not in host.files:
+        raise KernelErr(errno.EBADF, f"fd {fd} is not open")
     if f.ctx_fd is not None:
         raise KernelErr(errno.EINVAL, "group already has a container")
     ctx = host.ctx_from_fd(fd)

@@ -91,3 +91,124 @@ Fewest domains in a hazard-free order over everything compared: <b>{_e(res.get("
 <h2>State graphs</h2>{graphs or '<p class="muted">Too many states to draw (more than 200).</p>'}
 </body></html>
 """
+
+
+_FAIL_TITLES = {"order-dependent": "order-dependent", "noncc-device-in-cc-domain": "non-CC device in CC domain",
+                "upgrade-breaks-attached-device": "upgrade breaks attached device",
+                "stale-iopte-after-upgrade": "stale IOPTE after upgrade",
+                "kvm-coherent-but-noncoherent-dma": "KVM coherent, DMA not",
+                "stale-memtype-after-flip": "stale memtype after flip", "not-domain-minimal": "more than minimal domains"}
+
+
+def _share_cell(x, count) -> str:
+    if x is None:
+        return '<td class="muted">-</td>'
+    color = "#2a7a2a" if x == 0 else "#b35900" if x < 1 else "#b00020"
+    bar = (f'<svg width="40" height="10" aria-hidden="true"><rect width="40" height="10" fill="#eee"/>'
+           f'<rect width="{max(1, round(40 * x)) if x else 0}" height="10" fill="{color}"/></svg>')
+    return f'<td style="color:{color};white-space:nowrap">{bar} {100 * x:.0f}% <span class="muted">({count})</span></td>'
+
+
+def _trace_list(trace) -> str:
+    return '<ol class="trace">' + "".join(
+        "<li><code>" + _e(" ".join([t["op"]] + [f"{k}={v}" for k, v in t.items() if k not in ("op", "pt")]))
+        + "</code></li>" for t in trace) + "</ol>"
+
+
+def _placement(o) -> str:
+    return "; ".join(("CC" if h["enforce_cc"] else "non-CC") + " HWPT: " + ", ".join(h["devices"])
+                     for h in o["hwpts"]) or "no HWPT"
+
+
+def sweep_html(res: dict) -> str:
+    """One self-contained page for ``sweep --html``: the per-policy table, verdicts, failure shares by
+    system size, the smallest counterexample (system and trace) of each failure, and every system."""
+    from ..sweep import FAILURES
+    b = res["bound"]
+    pols = res["policies"]
+    head = "".join(f"<th>{_e(_FAIL_TITLES[f])}</th>" for f in FAILURES)
+    rows = []
+    for name, p in pols.items():
+        v = p["verdict"]
+        verdict = '<span class="no">holds</span>' if v["all"] else '<span class="yes">fails</span>'
+        rows.append(f"<tr><td><b>{_e(name)}</b></td><td>{p['systems']}"
+                    + (f' <span class="muted">(+{p["skipped"]} skipped)</span>' if p["skipped"] else "") + "</td>"
+                    + "".join(_share_cell(p["share"][f], p["counts"][f]) for f in FAILURES)
+                    + f"<td>{verdict}</td><td><code>{_e(v['smallest_failure'] or '-')}</code></td></tr>")
+    verdicts = "".join(f"<li>{_e(s)}</li>" for s in res["verdicts"].values())
+    # failing share by number of devices
+    sizes = sorted({s["devices"] for s in res["systems"]})
+    by_size = []
+    for name in pols:
+        cells = []
+        for n in sizes:
+            sys_n = [s for s in res["systems"] if s["devices"] == n and "skipped" not in s["results"][name]]
+            bad = sum(1 for s in sys_n if _fails(s, name))
+            x = bad / len(sys_n) if sys_n else None
+            cells.append(_share_cell(x, bad))
+        by_size.append(f"<tr><td>{_e(name)}</td>{''.join(cells)}</tr>")
+    ce = []
+    for name, p in pols.items():
+        items = []
+        for f, c in p["counterexamples"].items():
+            if f == "order-dependent":
+                body = "".join(f"<div>{o['orders']} order(s) end with {_e(_placement(o))}, e.g.:"
+                               f"{_trace_list(o['trace'])}</div>" for o in c["trace"])
+            else:
+                body = _trace_list(c["trace"])
+            items.append(f"<tr><td>{_e(_FAIL_TITLES[f])}</td><td><code>{_e(c['system'])}</code><br>"
+                         f"<span class=\"muted\">final domains {_e(', '.join(f'{k}: {v}' for k, v in c['domain_counts'].items()))}; "
+                         f"minimum {c['min_domains']}</span></td><td>{body}</td></tr>")
+        if items:
+            ce.append(f"<h3>{_e(name)}</h3><table><tr><th>failure</th><th>smallest system</th><th>trace</th></tr>"
+                      f"{''.join(items)}</table>")
+        else:
+            ce.append(f'<h3>{_e(name)}</h3><p class="no">no failure on any system</p>')
+    sysrows = []
+    for s in res["systems"]:
+        marks = []
+        for name in pols:
+            r = s["results"][name]
+            if "skipped" in r:
+                marks.append('<td class="muted">skipped</td>')
+                continue
+            bad = [k for k in _failures_of(s, r)]
+            marks.append(f'<td class="{"yes" if bad else "no"}">{_e(", ".join(bad) or "ok")}</td>')
+        sysrows.append(f"<tr><td><code>{_e(s['label'])}</code></td><td>{s['devices']}</td><td>{s['labelled']}</td>"
+                       f"<td>{s['min_domains']}</td>{''.join(marks)}</tr>")
+    eng = res.get("engine", {})
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>pyiommufd sweep: up to {b['max_devices']} devices</title>
+<style>{CSS}
+details summary{{cursor:pointer;margin:1em 0}}</style></head><body>
+<h1>pyiommufd sweep: every system up to {b['max_devices']} devices and {b['max_units']} units</h1>
+<p>{b['systems']} system shapes (Intel VT-d, a VM; units with and without Snoop Control, every iommu-group shape;
+{b['with_unplug']} of them with hot-unplug events), standing for {b['labelled_systems']} labelled systems, each explored in
+every attach order under each policy: {res['states']} states in {res['seconds']:.1f} s
+({res['states_per_second']:.0f} states/s; engine {_e(eng.get('engine'))}, workers: {_e(eng.get('workers'))}).</p>
+<p class="muted">Shares count system shapes, each once.  Minimal domain count: 1 when any device is attached at the end,
+0 when none is (docs/sweep.md).  A policy's verdict holds when it is order-independent, hazard-free and domain-minimal
+on every system.</p>
+<h2>Policies</h2>
+<table><tr><th>policy</th><th>systems</th>{head}<th>verdict</th><th>smallest failing system</th></tr>{''.join(rows)}</table>
+<h2>Verdicts</h2><ul>{verdicts}</ul>
+<h2>Systems with any failure, by number of devices</h2>
+<table><tr><th>policy</th>{''.join(f'<th>{n} device{"s" if n > 1 else ""}</th>' for n in sizes)}</tr>{''.join(by_size)}</table>
+<h2>Smallest counterexamples</h2>{''.join(ce)}
+<details><summary>Every system ({len(res['systems'])})</summary>
+<table><tr><th>system</th><th>devices</th><th>labelled</th><th>min domains</th>{''.join(f'<th>{_e(n)}</th>' for n in pols)}</tr>
+{''.join(sysrows)}</table></details>
+</body></html>
+"""
+
+
+def _failures_of(s: dict, r: dict) -> list[str]:
+    out = ["order-dependent"] if r["order_dependent"] else []
+    out += [k for k, c in r["hazards"].items()]
+    if any(int(k) > s["min_domains"] for k in r["domain_counts"]):
+        out.append("not-domain-minimal")
+    return out
+
+
+def _fails(s: dict, name: str) -> bool:
+    return bool(_failures_of(s, s["results"][name]))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 
 from ... import uapi
 from ..err import KernelErr
@@ -16,6 +17,7 @@ QEMU_CAP = 0x00D2008C22260286  # the cap_reg value QEMU 7.2 gives for aw-bits=39
 MSI_WINDOW = (0xFEE00000, 0xFEEFFFFF)  # IOAPIC_RANGE_START..END, intel_iommu_get_resv_regions
 
 
+@functools.cache
 def domain_address_width(cap: int) -> int:
     """paging_domain_alloc: gaw = min(agaw_to_width(iommu->agaw), cap_mgaw(cap)), where iommu->agaw
     is the largest SAGAW level up to 57 bits (iommu_calculate_agaw) and a level is 30 + 9 * agaw bits.
