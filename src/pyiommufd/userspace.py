@@ -97,16 +97,9 @@ class CcAware(QemuStyle):
     name = "cc-aware"
 
     def attach(self, vmm, device: str, ioas_id: int) -> int:
+        if self._cc(vmm, device):   # our one HWPT takes a CC-capable device (a non-CC HWPT under E3)
+            return super().attach(vmm, device, ioas_id)
         mine = [h for h in self._hwpts(vmm) if h["ioas"] == ioas_id]
-        if self._cc(vmm, device):
-            for h in mine:      # any HWPT of ours takes a CC-capable device (a non-CC one under E3)
-                try:
-                    self._move(vmm, device, h)
-                    return h["id"]
-                except IoctlError as e:
-                    if e.errno != errno.EINVAL:
-                        raise
-            return self._alloc_attach(vmm, device, ioas_id)["id"]
         target = next((h for h in mine if not h["cc"]), None)
         if target is None:
             target = self._alloc_attach(vmm, device, ioas_id)   # allocated for a non-CC device: non-CC
