@@ -97,6 +97,7 @@ class Vmm:
         self.groups: dict[str, VfioGroup] = {}
         self.devfds: dict[str, int] = {}        # group path: device fds
         self.in_kvm: set[str] = set()
+        self.kvm_users: dict[int, set[str]] = {}   # KVM file fd -> devices it stands for
         self.seen_hazards: dict[tuple, int] = {}
         self.strategy = get_strategy(strategy, self.profile)
         self.us: dict = {}                      # the strategy's own bookkeeping
@@ -261,13 +262,25 @@ class Vmm:
         return self.cdev(name).fd if self.profile.vfio_cdev else self.group(name).fd
 
     def op_kvm_add(self, s):
-        self.t.kvm_file("add", self._kvm_fd(s.args["device"]))
-        self.in_kvm.add(s.args["device"])
+        """KVM_DEV_VFIO_FILE_ADD of the device's file.  Before 6.6 that file is the group's: a VMM
+        (QEMU) adds it once for the group and deletes it when the group's last device goes."""
+        name, fd = s.args["device"], self._kvm_fd(s.args["device"])
+        if fd not in self.kvm_users:
+            self.t.kvm_file("add", fd)
+            self.kvm_users[fd] = set()
+        self.kvm_users[fd].add(name)
+        self.in_kvm.add(name)
         return None, None
 
     def op_kvm_del(self, s):
-        self.t.kvm_file("del", self._kvm_fd(s.args["device"]))
-        self.in_kvm.discard(s.args["device"])
+        name, fd = s.args["device"], self._kvm_fd(s.args["device"])
+        users = self.kvm_users.get(fd)
+        if users is None or users == {name}:
+            self.t.kvm_file("del", fd)     # ENOENT from KVM if it was never added
+            self.kvm_users.pop(fd, None)
+        else:
+            users.discard(name)
+        self.in_kvm.discard(name)
         return None, None
 
     def _guest_running(self) -> None:

@@ -117,15 +117,16 @@ class CcAware(QemuStyle):
             return
         if any(not self._cc(vmm, d) for d in h["devices"]) or h["cc"]:
             return
-        # the last non-CC device left a non-CC HWPT: rebuild a CC one and move everyone
-        first, *rest = h["devices"]
-        vmm.cdev(first).detach()
-        h["devices"].remove(first)
-        new = self._alloc_attach(vmm, first, h["ioas"])
-        for d in rest:
+        # The last non-CC device left a non-CC HWPT: allocate a CC one (for a CC-capable device)
+        # and replace everyone into it.  Replace moves a device's whole iommu_group at once, so
+        # a group sibling's own replace is then a no-op -- detaching one member first would not
+        # work: its siblings keep the group in the old HWPT (EINVAL).
+        first = h["devices"][0]
+        new = {"id": vmm.iommufd.hwpt_alloc(vmm.dev_id(first), h["ioas"]), "ioas": h["ioas"], "devices": [],
+               "cc": vmm.profile.cc_at_alloc and self._cc(vmm, first)}
+        self._hwpts(vmm).insert(0, new)
+        for d in list(h["devices"]):
             self._move(vmm, d, new)
-        if h in self._hwpts(vmm):
-            self._drop_if_empty(vmm, h)
 
 
 STRATEGIES = {s.name: s for s in (KernelAuto(), QemuStyle(), CcAware())}
