@@ -78,3 +78,11 @@ def test_demo_runs_and_tells_the_story():
 def test_help_teaches_with_examples():
     r = cli("run", "--help")
     assert r.returncode == 0 and "examples:" in r.stdout
+
+
+def test_readme_client_example_runs():
+    import re
+    code = re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}).stdout
+    assert out.split() == ["gpu", "->", "HWPT", "3", "nic", "->", "HWPT", "3"]
