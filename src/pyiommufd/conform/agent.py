@@ -36,6 +36,7 @@ from ..runner import Vmm
 from ..scenario import parse
 from ..transport import RealTransport
 from . import observe, sysfs
+from .probe_agent import kmsg_open, kmsg_read
 
 # --- VFIO region access (vfio.h, 6.12) --------------------------------------------------------
 VFIO_DEVICE_GET_REGION_INFO = (ord(";") << 8) | (100 + 8)
@@ -170,30 +171,6 @@ def edu_dma(fd: int, bar0: int, src: int, dst: int, count: int, to_pci: bool, ti
     return round(time.monotonic() - t0, 3)
 
 
-def _kmsg_open() -> int | None:
-    try:
-        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
-        return None
-    os.lseek(fd, 0, os.SEEK_END)
-    return fd
-
-
-def _kmsg_read(fd: int | None) -> list[str]:
-    lines = []
-    while fd is not None:
-        try:
-            rec = os.read(fd, 8192).decode(errors="replace")
-        except BlockingIOError:
-            break
-        except OSError:
-            continue
-        lines.append(rec.partition(";")[2].splitlines()[0] if ";" in rec else rec.strip())
-    if fd is not None:
-        os.close(fd)
-    return lines
-
-
 def dma_probe(dev: dict, src_iova: int = 0x100000, dst_iova: int = 0x200000) -> dict:
     """Real DMA by an edu device through an IOAS mapping, checked end to end.
 
@@ -203,7 +180,7 @@ def dma_probe(dev: dict, src_iova: int = 0x100000, dst_iova: int = 0x200000) -> 
     destination must hold the pattern.  Then unmap ``dst_iova``, zero the buffer and DMA there
     again: the IOMMU must block it (the buffer stays zero, the kernel logs a DMAR fault)."""
     res: dict = {"kind": "dma", "bdf": dev["bdf"], "ok": False}
-    kmsg = _kmsg_open()
+    kmsg = kmsg_open()
     t = RealTransport()
     try:
         ifd = Iommufd(t)
@@ -239,7 +216,9 @@ def dma_probe(dev: dict, src_iova: int = 0x100000, dst_iova: int = 0x200000) -> 
         res["error"] = f"{type(e).__name__}: {e}"
     finally:
         t.close_all()
-    res["kernel_log"] = [ln for ln in _kmsg_read(kmsg) if "DMAR" in ln or "fault" in ln.lower()][:8]
+    res["kernel_log"] = [ln for ln in kmsg_read(kmsg) if "DMAR" in ln or "fault" in ln.lower()][:8]
+    if kmsg is not None:
+        os.close(kmsg)
     return res
 
 
