@@ -16,26 +16,17 @@ import errno
 
 import pytest
 
+from conftest import MIXED_SYSTEM
+
 from pyiommufd import uapi
 from pyiommufd.client import U64_MAX, Iommufd, Ioas, VfioDevice, VfioGroup, emulated
-from pyiommufd.system import DeviceDesc, System, Unit
 
 PAGE = 0x1000
 MSI = 0xFEE00000
 NEST, DIRTY = uapi.IOMMU_HWPT_ALLOC_NEST_PARENT, uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING
 VTD_S1 = bytes(uapi.iommu_hwpt_vtd_s1(pgtbl_addr=0x1000, addr_width=48))
 
-# The machine of test_stateful.py: nic (SC, nesting, dirty tracking), gpu (no SC), and
-# ssd0/ssd1 sharing one iommu group behind a bridge on an SC unit.
-SYSTEM = System(
-    iommu="intel",
-    units=(Unit("dmar-sc", snoop_control=True, nesting=True, dirty_tracking=True),
-           Unit("dmar-nosc", snoop_control=False),
-           Unit("dmar-br", snoop_control=True)),
-    devices=(DeviceDesc("nic", "dmar-sc", "g-nic", cdev=0),
-             DeviceDesc("gpu", "dmar-nosc", "g-gpu", cdev=1),
-             DeviceDesc("ssd0", "dmar-br", "g-bridge", cdev=2),
-             DeviceDesc("ssd1", "dmar-br", "g-bridge", cdev=3)))
+SYSTEM = MIXED_SYSTEM   # nic (SC, nesting, dirty tracking), gpu (no SC), ssd0/ssd1 in one group
 CDEV_PROFILES = ["linux-6.6", "linux-6.12"]
 
 

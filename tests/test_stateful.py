@@ -27,29 +27,20 @@ import errno
 from collections import Counter
 
 import pytest
+
+from conftest import MIXED_SYSTEM
 from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import (Bundle, RuleBasedStateMachine, initialize, invariant, multiple, precondition,
                                  rule, run_state_machine_as_test)
 
 from pyiommufd import uapi
 from pyiommufd.client import U64_MAX, Iommufd, Ioas, VfioDevice, VfioGroup, emulated
-from pyiommufd.system import DeviceDesc, System, Unit
 
 PAGE = 0x1000
 U32_MAX = (1 << 32) - 1
 MSI_START, MSI_LAST = 0xFEE00000, 0xFEEFFFFF
 
-# Intel, mixed Snoop Control: nic on an SC unit with nesting and dirty tracking, gpu on a
-# non-SC unit, and two devices behind a PCIe-to-PCI bridge sharing one iommu group.
-SYSTEM = System(
-    iommu="intel",
-    units=(Unit("dmar-sc", snoop_control=True, nesting=True, dirty_tracking=True),
-           Unit("dmar-nosc", snoop_control=False),
-           Unit("dmar-br", snoop_control=True)),
-    devices=(DeviceDesc("nic", "dmar-sc", "g-nic", cdev=0),
-             DeviceDesc("gpu", "dmar-nosc", "g-gpu", cdev=1),
-             DeviceDesc("ssd0", "dmar-br", "g-bridge", cdev=2),
-             DeviceDesc("ssd1", "dmar-br", "g-bridge", cdev=3)))
+SYSTEM = MIXED_SYSTEM   # nic (SC, nesting, dirty tracking), gpu (no SC), ssd0/ssd1 in one group
 DEVICES = tuple(d.name for d in SYSTEM.devices)
 GROUP_OF = {d.name: d.group for d in SYSTEM.devices}
 GROUPS = SYSTEM.groups

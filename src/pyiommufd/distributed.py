@@ -40,9 +40,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import heapq
-import io
 import os
-import pickle
 import sys
 import time
 from pathlib import Path
@@ -50,6 +48,7 @@ from pathlib import Path
 from .errors import EnvironmentMissing
 from .explore import Model, Node, accumulate, merge_facts, root_node, summary_facts, summary_from_facts
 from .hazards import KINDS
+from .runner import _dumps, _loads
 
 RAY_HINT = ("the Ray engine needs Ray, an optional extra: pip install 'pyiommufd[ray]' (or pip install 'ray>=2'); "
             "without it use --engine process")
@@ -72,42 +71,14 @@ def require_ray(local: bool = False):
 
 
 # -- states across processes ----------------------------------------------------------------------
-_SHARED_IN: list = []
-
-
-def _shared_ref(i: int):
-    return _SHARED_IN[i]
-
-
 def shared_objects(vmm) -> list:
     """The parts of a state no op changes, passed by reference (as ``Vmm.clone`` does): a state packed in
     one shard is unpacked against the receiving shard's own copies, built from the same scenario."""
-    out = [vmm.scenario, vmm.profile, vmm.scenario.system, vmm.strategy, vmm.emu.system]
-    if vmm.host is not None:
-        out.append(vmm.host.mem)
-    return out
+    return vmm._shared_parts()
 
 
-def pack(vmm, shared: list) -> bytes:
-    index = {id(o): i for i, o in enumerate(shared)}
-
-    def reduce(o):
-        i = index.get(id(o))
-        return o.__reduce_ex__(pickle.HIGHEST_PROTOCOL) if i is None else (_shared_ref, (i,))
-
-    buf = io.BytesIO()
-    p = pickle.Pickler(buf, pickle.HIGHEST_PROTOCOL)
-    p.dispatch_table = {type(o): reduce for o in shared}
-    p.dump(vmm)
-    return buf.getvalue()
-
-
-def unpack(blob: bytes, shared: list):
-    _SHARED_IN[:] = shared
-    try:
-        return pickle.loads(blob)
-    finally:
-        _SHARED_IN.clear()
+# the Vmm's own serializer (shared parts by reference), across shards as within one process
+pack, unpack = _dumps, _loads
 
 
 # -- keys ------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ import os
 import struct
 import sys
 
+from .sysfs import read
+
 
 def _io(nr: int) -> int:
     """_IO(';', nr): iommufd and VFIO put no size or direction bits in the number."""
@@ -74,14 +76,6 @@ def ioctl(fd: int, request: int, fmt: str, *fields) -> tuple[str | None, tuple]:
     except OSError as e:
         err = errno_name(e.errno)
     return err, struct.unpack(fmt, buf)
-
-
-def read(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
 
 
 def link_name(path: str) -> str | None:
