@@ -145,8 +145,29 @@ class UserMemory:
         return bytes((self.pages.get((a & ~4095)) or bytes(4096))[a & 4095] for a in range(addr, addr + length))
 
 
+class CallerFds:
+    """The calling process's fd table as the kernel's fdget / fd_install see it.
+
+    In-process callers (client, runner, explorer) use the host's own fd numbers, so both are
+    the identity.  ``pyiommufd emulate`` swaps in, per call, the table of the real client
+    process: ``resolve`` then asks that process for the file (SCM_RIGHTS) and ``install`` hands
+    it a new one, so a program's fd numbers are its own."""
+
+    def resolve(self, n: int) -> int:
+        """fdget(n): the host fd of the caller's fd ``n`` (KernelErr EBADF if it is not open)."""
+        return n
+
+    def install(self, host_fd: int) -> int:
+        """get_unused_fd_flags + fd_install: the caller's number for a new file."""
+        return host_fd
+
+
 class Host:
-    """One emulated machine running one kernel (a profile) with one VMM process."""
+    """One emulated machine running one kernel (a profile) with one VMM process.
+
+    ``mem`` is the calling process's memory (copy_from_user / copy_to_user: ``read`` and
+    ``write`` raise KernelErr(EFAULT)), ``fds`` its fd table (CallerFds); ``pyiommufd emulate``
+    swaps both per call, everything else is the one machine."""
 
     def __init__(self, system, profile):
         self.system = system
@@ -159,6 +180,7 @@ class Host:
         self.ctxs: dict[int, IommufdCtx] = {}  # fd -> iommufd ctx (also in files)
         self.kvm = kvmmod.Kvm() if system.kvm else None
         self.mem = UserMemory()
+        self.fds = CallerFds()
         self.next_fd = 3
         self.domain_serial = 0
         self.fail_nth = 0      # fail the Nth fallible step (0: never), as iommufd_fail_nth does
@@ -178,10 +200,26 @@ class Host:
     def clone(self) -> "Host":
         return copy.deepcopy(self)
 
-    def ctx_from_fd(self, fd: int) -> IommufdCtx:
-        """iommufd_ctx_from_fd: EBADF for a closed fd, EBADFD for a file that is not an iommufd."""
+    def fdget(self, n: int) -> int:
+        """fdget on the caller's fd ``n``: the host fd of that open file, or KernelErr(EBADF)."""
+        fd = self.fds.resolve(n)
         if fd not in self.files:
-            raise KernelErr(errno.EBADF, f"fd {fd} is not open")
+            raise KernelErr(errno.EBADF, f"fd {n} is not open")
+        return fd
+
+    def install_file(self, f) -> int:
+        """get_unused_fd_flags + fd_install: a new open file; returns the caller's fd number."""
+        f.refs = 1
+        fd = self._new_fd()
+        self.files[fd] = f
+        return self.fds.install(fd)
+
+    def ctx_from_fd(self, n: int) -> IommufdCtx:
+        """iommufd_ctx_from_fd: EBADF for a closed fd, EBADFD for a file that is not an iommufd."""
+        return self.ctx_from_file(self.fdget(n))
+
+    def ctx_from_file(self, fd: int) -> IommufdCtx:
+        """iommufd_ctx_from_file on the open file at host fd ``fd``: EBADFD unless an iommufd."""
         ctx = self.ctxs.get(fd)
         if ctx is None:
             raise KernelErr(errno.EBADFD, f"fd {fd} is not an iommufd")
@@ -261,6 +299,25 @@ class Host:
             vfio.physical_unbind(self, f.dev)
         if self.kvm is not None and f.kind in ("cdev", "group", "group-device"):
             kvmmod.update_coherency(self, self.kvm)
+
+    def read(self, fd: int, count: int) -> bytes:
+        """read(2) on an emulated file: the file's ``read(host, count)`` (fault queues, 6.11+);
+        files without one answer EINVAL, as iommufd_fops and vfio_device_fops without .read do."""
+        f = self.files.get(fd)
+        if f is None:
+            raise KernelErr(errno.EBADF, f"fd {fd} is not open")
+        if not hasattr(f, "read"):
+            raise KernelErr(errno.EINVAL, "this file has no read")
+        return f.read(self, count)
+
+    def write(self, fd: int, data: bytes) -> int:
+        """write(2) on an emulated file: the file's ``write(host, data)``, else EINVAL."""
+        f = self.files.get(fd)
+        if f is None:
+            raise KernelErr(errno.EBADF, f"fd {fd} is not open")
+        if not hasattr(f, "write"):
+            raise KernelErr(errno.EINVAL, "this file has no write")
+        return f.write(self, data)
 
     # -- ioctl -------------------------------------------------------------------------
     def ioctl(self, fd: int, request: int, buf) -> int:
@@ -380,11 +437,7 @@ class Host:
         if request == uapi.VFIO_GROUP_GET_DEVICE_FD:
             name = bytes(mv).split(b"\0", 1)[0].decode()
             dev = vfio.group_get_device_fd(self, f, name)
-            df = vfio.GroupDeviceFile(dev)
-            df.refs = 1
-            fd = self._new_fd()
-            self.files[fd] = df
-            return fd
+            return self.install_file(vfio.GroupDeviceFile(dev))
         raise KernelErr(errno.ENOTTY, "group ioctl not modelled")
 
     # -- KVM and DMA -------------------------------------------------------------------

@@ -148,11 +148,10 @@ def group_set_container(host, f: GroupFile, fd: int) -> None:
     fdget -> EBADF; already set -> EINVAL; fd not an iommufd -> EBADFD.  6.2.1
     (iommufd_vfio_compat_ioas_id) creates the compat IOAS when the ctx has none -- it takes
     an object id."""
-    if fd not in host.files:
-        raise KernelErr(errno.EBADF, f"fd {fd} is not open")
+    fd = host.fdget(fd)
     if f.ctx_fd is not None:
         raise KernelErr(errno.EINVAL, "group already has a container")
-    ctx = host.ctx_from_fd(fd)
+    ctx = host.ctx_from_file(fd)
     if ctx.vfio_ioas is None:
         from .ioas import Ioas
         ctx.vfio_ioas = ctx.alloc(Ioas())
