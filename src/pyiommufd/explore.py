@@ -19,6 +19,7 @@ shortest counterexample trace.
 """
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from .errors import ScenarioError
 from .hazards import KINDS, detect
 from .runner import Vmm
 from .scenario import Scenario, Step
+from .snapshot import Snapshot
 
 
 @dataclass
@@ -38,6 +40,7 @@ class Node:
     ways: int = 0                # orders reaching this state
     seen: dict | None = None     # kind -> orders reaching this state that passed that hazard
     clean: int = 0               # orders reaching this state with no hazard on the way
+    outcome: tuple | None = None  # terminal states: ``_outcome`` (read while the state is at hand)
 
 
 def _template(ev: Step, own: set[str]) -> tuple:
@@ -75,7 +78,22 @@ def device_classes(sc: Scenario, symmetry: bool) -> dict[str, object]:
     return out
 
 
-def canonical(vmm: Vmm, done: frozenset, events: list[Step], classes: dict) -> tuple:
+def _done_parts(done: frozenset, events: list[Step]) -> tuple[dict, tuple]:
+    """What the key takes from the done-set: each device's done ops (sorted), the device-less events."""
+    by_dev: dict[str, list] = {}
+    glob = []
+    for i in sorted(done):
+        d = events[i].args.get("device")
+        if d is None:
+            glob.append(i)
+        else:
+            by_dev.setdefault(d, []).append(events[i].op)
+    return {d: tuple(sorted(ops)) for d, ops in by_dev.items()}, tuple(glob)
+
+
+def canonical(vmm: Vmm, done: frozenset, events: list[Step], classes: dict, cache: dict | None = None) -> tuple:
+    """The state's key (module docstring).  ``cache``: a dict the caller keeps per exploration, for what
+    depends on the done-set and the scenario only."""
     host = vmm.host
     ctx = host.ctxs[vmm.iommufd.fd]
     objs = ctx.objects
@@ -88,49 +106,48 @@ def canonical(vmm: Vmm, done: frozenset, events: list[Step], classes: dict) -> t
         if o.type == "hwpt_nested":
             label[i] = ("nested", label[o.parent.id], sum(1 for j, p in objs.items()
                                                           if p.type == "hwpt_nested" and p.parent is o.parent and j < i))
-    done_by_dev: dict[str, list] = {}
-    glob = []
-    for i in sorted(done):
-        d = events[i].args.get("device")
-        if d is None:
-            glob.append(i)
-        else:
-            done_by_dev.setdefault(d, []).append(events[i].op)
-    kvm_files = {(f.dev.name if f.kind == "cdev" else f.group) for f in host.kvm.files} if host.kvm else set()
-
-    dev_states: dict[str, tuple] = {}   # each device's part, computed once (it recurs per HWPT)
-
-    def dev_state(name: str) -> tuple:
-        s = dev_states.get(name)
-        if s is None:
-            d = host.devices[name]
-            s = dev_states[name] = (classes[name], d.idev_id is not None, d.attached, d.open_via, name in vmm.cdevs,
-                                    name in vmm.devfds, name in kvm_files or d.group in kvm_files,
-                                    tuple(sorted(done_by_dev.get(name, ()))))
-        return s
-
+    if cache is None:
+        done_by_dev, glob = _done_parts(done, events)
+    else:
+        parts = cache.get(done)
+        if parts is None:
+            parts = cache[done] = _done_parts(done, events)
+        done_by_dev, glob = parts
+    kvm_files = {(f.dev.name if f.kind == "cdev" else f.group) for f in host.kvm.files} if host.kvm else ()
+    cdevs, devfds = vmm.cdevs, vmm.devfds
+    no_ops = ()
+    dev_states = {}   # each device's part, computed once (it recurs per HWPT)
+    for name, d in host.devices.items():
+        dev_states[name] = (classes[name], d.idev_id is not None, d.attached, d.open_via, name in cdevs,
+                            name in devfds, name in kvm_files or d.group in kvm_files,
+                            done_by_dev.get(name, no_ops))
     where = {}
+    members_of: dict = {}
     for g in ctx.groups.values():
         if g.hwpt is not None:
+            lab = label[g.hwpt.id]
             for idev in g.devices:
-                where[idev.dev.name] = label[g.hwpt.id]
-    devs = tuple(sorted(dev_state(n) + (where.get(n),) for n in host.devices))
+                n = idev.dev.name
+                where[n] = lab
+                members_of.setdefault(lab, []).append(dev_states[n])
+    devs = tuple(sorted(s + (where.get(n),) for n, s in dev_states.items()))
     hwpts = []
     for i, o in objs.items():
         if o.type in ("hwpt_paging", "hwpt_nested"):
             dom = o.domain
-            members = tuple(sorted(dev_state(n) for n, lab in where.items() if lab == label[i]))
-            hwpts.append((label[i], o.users, getattr(o, "auto_domain", False), o.enforce_cc, dom.enforce_cc,
+            lab = label[i]
+            hwpts.append((lab, o.users, getattr(o, "auto_domain", False), o.enforce_cc, dom.enforce_cc,
                           dom.set_pte_snp, dom.has_mappings, tuple(sorted(dom.ptes.items())), dom.upgraded_over and
-                          tuple(sorted(classes[n] for n in dom.upgraded_over)), members))
+                          tuple(sorted(classes[n] for n in dom.upgraded_over)),
+                          tuple(sorted(members_of.get(lab, no_ops)))))
     ioas_state = tuple((tuple(objs[i].iopt.areas.items()),
                         tuple(sorted((a, b, classes[o]) for a, b, o in objs[i].iopt.reserved))) for i in ioases)
     names = tuple(sorted((k, label.get(v, ("dev", v)) if vmm.kinds.get(k) != "device" else ("dev", v))
                          for k, v in vmm.names.items()))
-    us = tuple((label.get(h["id"]), h["cc"], tuple(sorted(dev_state(n) for n in h["devices"])))
+    us = tuple((label.get(h["id"]), h["cc"], tuple(sorted(dev_states[n] for n in h["devices"])))
                for h in vmm.us.get("hwpts", ()))
     kvm = host.kvm.snapshot()[1:] if host.kvm else None
-    return (devs, tuple(sorted(hwpts)), ioas_state, names, us, kvm, tuple(glob))
+    return (devs, tuple(sorted(hwpts)), ioas_state, names, us, kvm, glob)
 
 
 def _domains(vmm: Vmm) -> int:
@@ -155,28 +172,46 @@ class Model:
     properties read.  Every engine (in-process BFS, the Ray one) drives this one model."""
 
     def __init__(self, sc: Scenario, profile: str | None = None, strategy: str = "kernel-auto",
-                 symmetry: bool = True):
+                 symmetry: bool = True, live: bool = False):
+        """``live``: one machine, states kept as ``Snapshot``s and restored in place before each event
+        (the in-process explorer); otherwise every state is its own ``Vmm`` (engines that hold several
+        successors at once, or ship them: distributed.py, the naive search)."""
         if not sc.events:
             raise ScenarioError(f"{sc.source}: [explore] has no events: nothing to permute")
         self.sc, self.profile, self.strategy, self.symmetry = sc, profile or sc.profile, strategy, symmetry
         self.events = sc.events
         self.classes = device_classes(sc, symmetry)
+        self.live = live
 
     def init(self) -> Vmm:
         vmm = Vmm(self.sc, self.profile, self.strategy)
         for step in self.sc.steps:
             vmm.apply(step)
+        if self.live:
+            self._shared_ids = frozenset(id(o) for o in vmm._shared_parts())
+            self._at = None    # the snapshot the live machine was last restored from
         return vmm
+
+    def keep(self, vmm: Vmm):
+        """What a node holds of the state ``vmm``: the Vmm itself, or (live) a Snapshot of it."""
+        return Snapshot(vmm, self._shared_ids, self._at) if self.live else vmm
 
     def actions(self, done: frozenset) -> list[int]:
         done_labels = {self.events[i].label for i in done}
         return [i for i, e in enumerate(self.events)
                 if i not in done and all(a in done_labels for a in e.after)]
 
-    def next(self, vmm: Vmm, ei: int) -> Vmm:
-        """The successor of ``vmm`` by event ``ei``; ``vmm`` is not changed.  States are values:
-        the successors of one state are asked for one after another, so it is serialized once
-        (``Vmm.freeze``) and each successor thawed from that (``_frozen`` is that one-entry cache)."""
+    def next(self, vmm, ei: int) -> Vmm:
+        """The successor of ``vmm`` by event ``ei``.  Live: ``vmm`` is a Snapshot, restored into the one
+        machine, which then runs the event and is returned (valid until the next ``next``).  Otherwise
+        ``vmm`` is not changed: the successors of one state are asked for one after another, so it is
+        serialized once (``Vmm.freeze``) and each successor thawed from that (``_frozen``, a one-entry
+        cache)."""
+        if self.live:
+            self._at = vmm
+            child = vmm.restore()
+            child.apply(self.events[ei])
+            return child
         frozen = getattr(self, "_frozen", None)
         if frozen is None or frozen[0] is not vmm:
             frozen = self._frozen = (vmm, vmm.freeze())
@@ -185,14 +220,15 @@ class Model:
         return child
 
     def __getstate__(self):   # engines ship the model to workers: not the cache
-        return {k: v for k, v in self.__dict__.items() if k != "_frozen"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_frozen", "_done_cache", "_at")}
 
     def key(self, vmm: Vmm, done: frozenset) -> tuple:
-        return canonical(vmm, done, self.events, self.classes)
+        cache = self.__dict__.setdefault("_done_cache", {})
+        return canonical(vmm, done, self.events, self.classes, cache)
 
     def node(self, vmm: Vmm, done: frozenset, trace: tuple) -> Node:
-        return Node(vmm, done, trace, frozenset(h.kind for h in detect(vmm.host)), _domains(vmm),
-                    0, {k: 0 for k in KINDS}, 0)
+        return Node(self.keep(vmm), done, trace, frozenset(h.kind for h in detect(vmm.host)), _domains(vmm),
+                    0, {k: 0 for k in KINDS}, 0, _outcome(vmm) if len(done) == len(self.events) else None)
 
 
 def expand_level(model: Model, level: dict, nodes_get, nodes_add, max_states=None, edges=None) -> bool:
@@ -214,7 +250,7 @@ def expand_level(model: Model, level: dict, nodes_get, nodes_add, max_states=Non
                 cn = model.node(child, done, trace)
                 nodes_add(ckey, cn)
             elif trace < cn.trace:
-                cn.vmm, cn.trace = child, trace
+                cn.vmm, cn.trace = model.keep(child), trace
             if edges is not None:
                 edges.append((key, ckey, ei))
             accumulate(cn, node)
@@ -246,7 +282,7 @@ def summary_facts(model: Model, nodes, terminal_nodes) -> dict:
     f = {"states": 0, "outcomes": {}, "domains": {}, "clean_domains": set(), "hazard_free_orders": 0,
          "first": {}, "count": {k: 0 for k in KINDS}, "hstates": {k: 0 for k in KINDS}}
     for n in terminal_nodes:
-        o = _outcome(n.vmm)
+        o = n.outcome
         t = (len(n.trace), n.trace)
         for table, key in ((f["outcomes"], o), (f["domains"], n.domains)):
             ways, least = table.get(key, (0, None))
@@ -313,11 +349,25 @@ def root_node(model: Model) -> tuple[tuple, Node]:
 
 
 def explore(sc: Scenario, profile: str | None = None, strategy: str = "kernel-auto", *, symmetry: bool = True,
-            max_states: int | None = None, progress=None, graph_limit: int = 0) -> dict:
+            max_states: int | None = None, progress=None, graph_limit: int = 0, live: bool = True,
+            nodes_out: dict | None = None) -> dict:
     """Explore every order of ``sc.events`` in this process; the DESIGN.md explore JSON.
-    With ``graph_limit`` > 0 and at most that many states, the state graph is included."""
+    With ``graph_limit`` > 0 and at most that many states, the state graph is included.
+    ``live=False``: a copy of the machine per state (``Vmm.freeze``/``thaw``), the reference the
+    live path is tested against.  ``nodes_out``: filled with every state's key -> its Node (tests)."""
+    gc_was = gc.isenabled()
+    if live:   # the live path makes few objects; the collector would only rescan the growing node table
+        gc.disable()
+    try:
+        return _explore(sc, profile, strategy, symmetry, max_states, progress, graph_limit, live, nodes_out)
+    finally:
+        if gc_was:
+            gc.enable()
+
+
+def _explore(sc, profile, strategy, symmetry, max_states, progress, graph_limit, live, nodes_out) -> dict:
     t0 = time.perf_counter()
-    model = Model(sc, profile, strategy, symmetry)
+    model = Model(sc, profile, strategy, symmetry, live)
     root_key, root = root_node(model)
     nodes: dict[tuple, Node] = {root_key: root}
     level = {root_key: root}
@@ -342,6 +392,8 @@ def explore(sc: Scenario, profile: str | None = None, strategy: str = "kernel-au
         if not level:
             break
     terminals = [k for k, n in nodes.items() if len(n.done) == len(model.events)]
+    if nodes_out is not None:
+        nodes_out.update(nodes)
     res = summarize(model, nodes, terminals, truncated, time.perf_counter() - t0)
     if graph_limit and len(nodes) <= graph_limit:
         ids = {k: i for i, k in enumerate(nodes)}

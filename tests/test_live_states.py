@@ -1,0 +1,68 @@
+"""The explorer's live path (one machine, states restored in place: snapshot.py) against the reference
+path (a pickled copy of the whole Vmm per state, every event through client + transport): the same state
+keys, with the same hazards, domain counts and least traces, and the same results, on every scenario
+in scenarios/ (issue 14, rule 5)."""
+import random
+
+import pytest
+
+from conftest import SCENARIOS, scenario_files
+from pyiommufd.explore import explore
+from pyiommufd.runner import Vmm
+from pyiommufd.scenario import load
+from pyiommufd.snapshot import Snapshot
+
+EXPLORE = [p for p in scenario_files() if load(p).events]
+SLOW = {"intel-10dev-3units"}
+
+
+def _facts(nodes):
+    return {k: (n.trace, n.hazards, n.domains, n.ways, n.clean, tuple(sorted(n.seen.items())), n.outcome)
+            for k, n in nodes.items()}
+
+
+def _without_times(r):
+    return {k: v for k, v in r.items() if k not in ("seconds", "states_per_second")}
+
+
+@pytest.mark.parametrize("path", EXPLORE, ids=lambda p: p.stem)
+@pytest.mark.parametrize("symmetry", [True, False])
+def test_live_explorer_matches_the_reference(path, symmetry):
+    sc = load(path)
+    if sc.name in SLOW and not symmetry:
+        pytest.skip("12 s per engine; the same code paths as the 8-device scenario")
+    policies = [(p, "kernel-auto") for p in sc.profiles] + [("linux-6.12", "qemu-style"), ("linux-6.12", "cc-aware")]
+    for profile, strategy in policies:
+        live, ref = {}, {}
+        a = explore(sc, profile, strategy, symmetry=symmetry, nodes_out=live)
+        b = explore(sc, profile, strategy, symmetry=symmetry, live=False, nodes_out=ref)
+        assert _without_times(a) == _without_times(b), (profile, strategy)
+        assert _facts(live) == _facts(ref), (profile, strategy)
+
+
+def _state(vmm):
+    return (vmm.host.snapshot(), dict(vmm.names), dict(vmm.kinds), sorted(vmm.cdevs), sorted(vmm.devfds),
+            sorted(vmm.in_kvm), repr(vmm.us))
+
+
+@pytest.mark.parametrize("path", scenario_files(), ids=lambda p: str(p.relative_to(SCENARIOS)))
+def test_restore_in_place_round_trips(path):
+    """Play the steps keeping a snapshot after each (derived from the previous one, as the explorer does);
+    then, in a shuffled order, restore each and replay the next step: the same host state, the same result."""
+    sc = load(path)
+    for profile in sc.profiles:
+        vmm = Vmm(sc, profile)
+        shared = frozenset(id(o) for o in vmm._shared_parts())
+        snaps, states, results = [], [], []
+        prev = None
+        for step in sc.steps:
+            prev = Snapshot(vmm, shared, prev)
+            snaps.append(prev)
+            states.append(_state(vmm))
+            results.append(vmm.apply(step))
+        order = list(range(len(snaps)))
+        random.Random(len(order)).shuffle(order)
+        for i in order:
+            assert snaps[i].restore() is vmm
+            assert _state(vmm) == states[i], (profile, i)
+            assert vmm.apply(sc.steps[i]) == results[i], (profile, i)
