@@ -91,28 +91,10 @@ def _done_parts(done: frozenset, events: list[Step]) -> tuple[dict, tuple]:
     return {d: tuple(sorted(ops)) for d, ops in by_dev.items()}, tuple(glob)
 
 
-def canonical(vmm: Vmm, done: frozenset, events: list[Step], classes: dict, cache: dict | None = None) -> tuple:
-    """The state's key (module docstring).  ``cache``: a dict the caller keeps per exploration, for what
-    depends on the done-set and the scenario only."""
+def _device_parts(vmm: Vmm, ctx, label: dict, done_by_dev: dict, classes: dict) -> tuple[dict, dict, dict]:
+    """Each device's part of the key (without its HWPT), the label of the HWPT each device sits in, and
+    each HWPT label's members (their parts)."""
     host = vmm.host
-    ctx = host.ctxs[vmm.iommufd.fd]
-    objs = ctx.objects
-    ioases = sorted(i for i, o in objs.items() if o.type == "ioas")
-    label = {i: ("ioas", n) for n, i in enumerate(ioases)}
-    for i in ioases:
-        for pos, h in enumerate(objs[i].hwpt_list):
-            label[h.id] = ("hwpt", label[i][1], pos)
-    for i, o in sorted(objs.items()):
-        if o.type == "hwpt_nested":
-            label[i] = ("nested", label[o.parent.id], sum(1 for j, p in objs.items()
-                                                          if p.type == "hwpt_nested" and p.parent is o.parent and j < i))
-    if cache is None:
-        done_by_dev, glob = _done_parts(done, events)
-    else:
-        parts = cache.get(done)
-        if parts is None:
-            parts = cache[done] = _done_parts(done, events)
-        done_by_dev, glob = parts
     kvm_files = {(f.dev.name if f.kind == "cdev" else f.group) for f in host.kvm.files} if host.kvm else ()
     cdevs, devfds = vmm.cdevs, vmm.devfds
     no_ops = ()
@@ -130,6 +112,51 @@ def canonical(vmm: Vmm, done: frozenset, events: list[Step], classes: dict, cach
                 n = idev.dev.name
                 where[n] = lab
                 members_of.setdefault(lab, []).append(dev_states[n])
+    return dev_states, where, members_of
+
+
+def _labels(objs: dict) -> tuple[list, dict]:
+    """The IOASes by id, and every IOAS/HWPT id -> its id-free label (module docstring)."""
+    ioases = sorted(i for i, o in objs.items() if o.type == "ioas")
+    label = {i: ("ioas", n) for n, i in enumerate(ioases)}
+    for i in ioases:
+        for pos, h in enumerate(objs[i].hwpt_list):
+            label[h.id] = ("hwpt", label[i][1], pos)
+    for i, o in sorted(objs.items()):
+        if o.type == "hwpt_nested":
+            label[i] = ("nested", label[o.parent.id], sum(1 for j, p in objs.items()
+                                                          if p.type == "hwpt_nested" and p.parent is o.parent and j < i))
+    return ioases, label
+
+
+def device_signatures(vmm: Vmm, done: frozenset, events: list[Step], classes: dict) -> dict[str, tuple]:
+    """Device -> everything the key says about it: its part, its HWPT's label, the user-space HWPTs
+    (strategy bookkeeping) listing it.  Two devices of one class with equal signatures can be swapped
+    without changing the key: the state's own symmetry (``Model.orbits``)."""
+    ctx = vmm.host.ctxs[vmm.iommufd.fd]
+    _, label = _labels(ctx.objects)
+    dev_states, where, _ = _device_parts(vmm, ctx, label, _done_parts(done, events)[0], classes)
+    us = vmm.us.get("hwpts", ())
+    return {n: (s, where.get(n), tuple(i for i, h in enumerate(us) if n in h["devices"]))
+            for n, s in dev_states.items()}
+
+
+def canonical(vmm: Vmm, done: frozenset, events: list[Step], classes: dict, cache: dict | None = None) -> tuple:
+    """The state's key (module docstring).  ``cache``: a dict the caller keeps per exploration, for what
+    depends on the done-set and the scenario only."""
+    host = vmm.host
+    ctx = host.ctxs[vmm.iommufd.fd]
+    objs = ctx.objects
+    ioases, label = _labels(objs)
+    if cache is None:
+        done_by_dev, glob = _done_parts(done, events)
+    else:
+        parts = cache.get(done)
+        if parts is None:
+            parts = cache[done] = _done_parts(done, events)
+        done_by_dev, glob = parts
+    dev_states, where, members_of = _device_parts(vmm, ctx, label, done_by_dev, classes)
+    no_ops = ()
     devs = tuple(sorted(s + (where.get(n),) for n, s in dev_states.items()))
     hwpts = []
     for i, o in objs.items():
@@ -182,6 +209,11 @@ class Model:
         self.events = sc.events
         self.classes = device_classes(sc, symmetry)
         self.live = live
+        own = {}
+        for e in self.events:
+            if e.args.get("device") is not None:
+                own.setdefault(e.args["device"], set()).add(e.label)
+        self._templates = [_template(e, own.get(e.args.get("device"), set())) for e in self.events]
 
     def init(self) -> Vmm:
         vmm = Vmm(self.sc, self.profile, self.strategy)
@@ -191,6 +223,31 @@ class Model:
             self._shared_ids = frozenset(id(o) for o in vmm._shared_parts())
             self._at = None    # the snapshot the live machine was last restored from
         return vmm
+
+    def orbits(self, node: Node) -> list[tuple[int, list[int]]]:
+        """The enabled events of ``node`` as (representative, [events]) groups: with symmetry, events of
+        one template on devices whose signatures are equal (``device_signatures``) lead to children with
+        one key, the symmetry reduction's own assumption (a permutation of a class maps states and events
+        to states and events with the same keys), so the live path runs one and counts it for all.
+        Otherwise every event alone."""
+        acts = self.actions(node.done)
+        if not (self.symmetry and self.live) or len(acts) < 2:
+            return [(ei, [ei]) for ei in acts]
+        sig = device_signatures(node.vmm.restore(), node.done, self.events, self.classes)
+        groups: dict = {}
+        out = []
+        for ei in acts:
+            d = self.events[ei].args.get("device")
+            if d is None or self.classes[d] == d:   # no device, or a device that is its own class
+                out.append((ei, [ei]))
+                continue
+            g = groups.get((sig[d], self._templates[ei]))
+            if g is None:
+                g = groups[(sig[d], self._templates[ei])] = (ei, [ei])
+                out.append(g)
+            else:
+                g[1].append(ei)
+        return out
 
     def keep(self, vmm: Vmm):
         """What a node holds of the state ``vmm``: the Vmm itself, or (live) a Snapshot of it."""
@@ -237,7 +294,7 @@ def expand_level(model: Model, level: dict, nodes_get, nodes_add, max_states=Non
     incoming edges, with the state that trace reaches.  Returns True if max_states cut anything."""
     truncated = False
     for key, node in sorted(level.items(), key=lambda kv: kv[1].trace):
-        for ei in model.actions(node.done):
+        for ei, same in model.orbits(node):
             child = model.next(node.vmm, ei)
             done = node.done | {ei}
             ckey = model.key(child, done)
@@ -252,17 +309,17 @@ def expand_level(model: Model, level: dict, nodes_get, nodes_add, max_states=Non
             elif trace < cn.trace:
                 cn.vmm, cn.trace = model.keep(child), trace
             if edges is not None:
-                edges.append((key, ckey, ei))
-            accumulate(cn, node)
+                edges.extend((key, ckey, e) for e in same)
+            accumulate(cn, node, len(same))
     return truncated
 
 
-def accumulate(cn: Node, parent: Node) -> None:
-    """Order counting along one edge parent -> cn."""
-    cn.ways += parent.ways
-    cn.clean += 0 if cn.hazards else parent.clean
+def accumulate(cn: Node, parent: Node, edges: int = 1) -> None:
+    """Order counting along ``edges`` edges parent -> cn."""
+    cn.ways += parent.ways * edges
+    cn.clean += 0 if cn.hazards else parent.clean * edges
     for k in KINDS:
-        cn.seen[k] += parent.ways if k in cn.hazards else parent.seen[k]
+        cn.seen[k] += (parent.ways if k in cn.hazards else parent.seen[k]) * edges
 
 
 def summarize(model: Model, nodes: dict, terminals: list, truncated: bool, seconds: float) -> dict:
