@@ -222,6 +222,7 @@ class Model:
         if self.live:
             self._shared_ids = frozenset(id(o) for o in vmm._shared_parts())
             self._at = None    # the snapshot the live machine was last restored from
+            self._clean = None   # that snapshot while the machine still is exactly it
         return vmm
 
     def orbits(self, node: Node) -> list[tuple[int, list[int]]]:
@@ -233,7 +234,10 @@ class Model:
         acts = self.actions(node.done)
         if not (self.symmetry and self.live) or len(acts) < 2:
             return [(ei, [ei]) for ei in acts]
-        sig = device_signatures(node.vmm.restore(), node.done, self.events, self.classes)
+        if self._clean is not node.vmm:
+            node.vmm.restore()
+            self._clean = node.vmm    # restored and only read: the first ``next`` needs no restore
+        sig = device_signatures(node.vmm.root, node.done, self.events, self.classes)
         groups: dict = {}
         out = []
         for ei in acts:
@@ -266,7 +270,8 @@ class Model:
         cache)."""
         if self.live:
             self._at = vmm
-            child = vmm.restore()
+            child = vmm.root if self._clean is vmm else vmm.restore()
+            self._clean = None
             child.apply(self.events[ei])
             return child
         frozen = getattr(self, "_frozen", None)
@@ -277,7 +282,7 @@ class Model:
         return child
 
     def __getstate__(self):   # engines ship the model to workers: not the cache
-        return {k: v for k, v in self.__dict__.items() if k not in ("_frozen", "_done_cache", "_at")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_frozen", "_done_cache", "_at", "_clean")}
 
     def key(self, vmm: Vmm, done: frozenset) -> tuple:
         cache = self.__dict__.setdefault("_done_cache", {})
