@@ -32,6 +32,7 @@ from . import emulator, naive, spin
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 BENCH_8 = SCENARIOS / "bench" / "intel-8dev-3units.toml"
 BENCH_10 = SCENARIOS / "bench" / "intel-10dev-3units.toml"
+BENCH_12 = SCENARIOS / "bench" / "intel-12dev-4units.toml"
 QUICK = SCENARIOS / "explore" / "hot-unplug.toml"
 PROFILE = "linux-6.12"
 
@@ -41,13 +42,20 @@ HEADLINE = ("emulator_ioctls_per_s", "map_cost_ratio_1e6_vs_1e3", "explorer_stat
 # size of each part: full run, --quick
 SIZES = {
     False: {"cycles": 2000, "ioctl_repeats": 15, "map_small": 1000, "map_large": 1_000_000, "map_ops": 5000,
-            "map_rounds": 5, "repeats": 3, "scenarios": (BENCH_8, BENCH_10), "naive_on": (BENCH_8, BENCH_10)},
+            "map_rounds": 5, "repeats": 3, "scenarios": (BENCH_8, BENCH_10, BENCH_12),
+            "naive_on": (BENCH_8, BENCH_10), "symmetry_only": (BENCH_12,)},
     True: {"cycles": 1000, "ioctl_repeats": 5, "map_small": 1000, "map_large": 10_000, "map_ops": 1000,
-           "map_rounds": 3, "repeats": 1, "scenarios": (QUICK,), "naive_on": (QUICK,)},
+           "map_rounds": 3, "repeats": 1, "scenarios": (QUICK,), "naive_on": (QUICK,), "symmetry_only": ()},
 }
 GOAL_IOCTLS = 200_000
 GOAL_MAP_RATIO = 2.0
 GOAL_SPIN_RATIO = 0.5
+GOAL_SPEEDUP = 10.0          # issue 14: symmetry-off explorer throughput vs before (same run, reference path)
+GOAL_SPIN_VERIFY_RATIO = 0.25   # issue 14: explorer (symmetry) time to verdict vs pan alone, 12 devices
+GOAL_REAL_IOCTL_RATIO = 5.0  # issue 14: an emulated ioctl vs a real ioctl syscall from Python
+# issue 14's figure for the explorer before it (symmetry off, intel-8dev-3units, this machine, under load);
+# the same run also measures that explorer (``live=False``, the reference path) for the ratio
+BASELINE_ISSUE14_STATES_PER_S = 383
 
 
 def _best(fn, repeats: int):
@@ -100,8 +108,9 @@ def top_functions(prof, n: int = 12) -> list[dict]:
 
 def explorer_breakdown(sc, profile: str = PROFILE) -> dict:
     """Where the symmetry-off explorer's time goes: cProfile cumulative time of its phases
-    (state copies = pickle dump + load, the events run on the model, the canonical key, hazard
-    detection) and the garbage collector's share (the same run with gc off)."""
+    (restoring the live machine to a state, recording a new state, the events run on the model, the
+    canonical key, hazard detection) and the garbage collector's share (the same run with gc off; the
+    explorer turns it off itself, so about 0)."""
     import cProfile
     import pstats
     prof = cProfile.Profile()
@@ -110,13 +119,13 @@ def explorer_breakdown(sc, profile: str = PROFILE) -> dict:
     prof.disable()
     st = pstats.Stats(prof)
     total = st.total_tt or 1.0
-    phase = {"copy states (pickle load)": 0.0, "copy states (pickle dump)": 0.0, "run events on the model": 0.0,
-             "canonical key": 0.0, "hazard detection": 0.0}
+    phase = {"restore states (snapshot.restore)": 0.0, "record new states (Snapshot)": 0.0,
+             "run events on the model": 0.0, "canonical key": 0.0, "hazard detection": 0.0}
     for (file, _, name), (_, _, tt, ct, _) in st.stats.items():
-        if name == "<built-in method _pickle.loads>":
-            phase["copy states (pickle load)"] += ct
-        elif name == "<method 'dump' of '_pickle.Pickler' objects>":
-            phase["copy states (pickle dump)"] += ct
+        if file.endswith("snapshot.py") and name == "restore":
+            phase["restore states (snapshot.restore)"] += ct
+        elif file.endswith("snapshot.py") and name == "__init__":
+            phase["record new states (Snapshot)"] += ct
         elif file.endswith("runner.py") and name == "apply":
             phase["run events on the model"] += ct
         elif file.endswith("explore.py") and name == "canonical":
@@ -136,8 +145,10 @@ def explorer_breakdown(sc, profile: str = PROFILE) -> dict:
 
 
 def compare_engines(path: Path, profile: str = PROFILE, repeats: int = 1, with_naive: bool = True,
-                    with_spin: bool = True, progress=None) -> dict:
-    """Explorer (symmetry on and off), naive BFS and SPIN on one scenario: counts, verdicts, times."""
+                    with_spin: bool = True, progress=None, no_symmetry: bool = True) -> dict:
+    """Explorer (symmetry on and off; off also on the reference path, the explorer before issue 14), naive
+    BFS and SPIN on one scenario: counts, verdicts, times.  ``no_symmetry=False``: the symmetry-on explorer
+    and SPIN only (too many states for the rest)."""
     say = progress or (lambda msg: None)
     sc = load(path)
     out: dict = {"scenario": str(path.relative_to(SCENARIOS.parent)) if path.is_relative_to(SCENARIOS.parent)
@@ -147,12 +158,19 @@ def compare_engines(path: Path, profile: str = PROFILE, repeats: int = 1, with_n
     out["explorer_symmetry"] = {"states": r["states"], "orders": r["orders"], "seconds": round(cpu, 4),
                                 "wall_seconds": round(wall, 4), "states_per_s": round(r["states"] / cpu, 1),
                                 "hazards": [h["kind"] for h in r["hazards"]]}
-    say(f"{sc.name}: explorer, symmetry off")
-    r, cpu, wall = _best(lambda: explore(sc, profile, symmetry=False), repeats)
-    out["explorer"] = {"states": r["states"], "orders": r["orders"], "seconds": round(cpu, 4),
-                       "wall_seconds": round(wall, 4), "states_per_s": round(r["states"] / cpu, 1),
-                       "hazards": [h["kind"] for h in r["hazards"]],
-                       "hazard_states": {h["kind"]: h["states"] for h in r["hazards"]}}
+    if no_symmetry:
+        say(f"{sc.name}: explorer, symmetry off")
+        r, cpu, wall = _best(lambda: explore(sc, profile, symmetry=False), repeats)
+        out["explorer"] = {"states": r["states"], "orders": r["orders"], "seconds": round(cpu, 4),
+                           "wall_seconds": round(wall, 4), "states_per_s": round(r["states"] / cpu, 1),
+                           "hazards": [h["kind"] for h in r["hazards"]],
+                           "hazard_states": {h["kind"]: h["states"] for h in r["hazards"]}}
+        say(f"{sc.name}: explorer before issue 14 (reference path: a pickled copy per state), symmetry off")
+        r, cpu, wall = _best(lambda: explore(sc, profile, symmetry=False, live=False), repeats)
+        out["explorer_reference"] = {"states": r["states"], "seconds": round(cpu, 4), "wall_seconds": round(wall, 4),
+                                     "states_per_s": round(r["states"] / cpu, 1),
+                                     "hazards": [h["kind"] for h in r["hazards"]]}
+        out["speedup_vs_reference"] = round(out["explorer_reference"]["seconds"] / out["explorer"]["seconds"], 2)
     if with_naive:
         say(f"{sc.name}: naive BFS (path replay, list of visited keys)")
         r, cpu, wall = _best(lambda: naive.naive_bfs(sc, profile), 1)
@@ -166,19 +184,27 @@ def compare_engines(path: Path, profile: str = PROFILE, repeats: int = 1, with_n
         out["spin"] = {"states": best["states"], "transitions": best["transitions"] - 1,
                        "hazard_transitions": best["hazard_transitions"], "hazards": best["hazards"],
                        "seconds": best["cpu_seconds"]["total"], "wall_seconds": best["seconds"]["total"],
+                       "verify_seconds": min(s["cpu_seconds"]["verify"] for s in runs),
                        "phases": best["cpu_seconds"], "phases_wall": best["seconds"],
                        "promela_lines": best["promela_lines"],
                        "note": "transitions: pan's 'transitions' less 1 (pan counts the initial state as one); "
                                "hazard_transitions: pan's assertion errors under -c0 (one per transition into "
                                "a hazard state)"}
-    counts = {k: out[k]["states"] for k in ("explorer", "naive", "spin") if k in out}
-    verdicts = {k: out[k]["hazards"] for k in ("explorer", "naive", "spin") if k in out}
+    if "spin" in out:
+        out["explorer_vs_spin_verify"] = round(out["explorer_symmetry"]["seconds"] / out["spin"]["verify_seconds"], 3) \
+            if out["spin"]["verify_seconds"] else None
+        out["explorer_vs_spin_total"] = round(out["explorer_symmetry"]["seconds"] / out["spin"]["seconds"], 3)
+    counts = {k: out[k]["states"] for k in ("explorer", "explorer_reference", "naive", "spin") if k in out}
+    verdicts = {k: out[k]["hazards"] for k in ("explorer_symmetry", "explorer", "explorer_reference", "naive", "spin")
+                if k in out}
     out["states_agree"] = len(set(counts.values())) == 1
     out["verdicts_agree"] = len({tuple(v) for v in verdicts.values()}) == 1
     if "naive" in out and "spin" in out:
         out["transitions_agree"] = out["naive"]["transitions"] == out["spin"]["transitions"] and \
             sum(out["naive"]["hazard_transitions"].values()) == out["spin"]["hazard_transitions"]
-    out["symmetry_reduction_factor"] = round(out["explorer"]["states"] / out["explorer_symmetry"]["states"], 2)
+    out["symmetry_reduction_factor"] = round(out["explorer"]["states"] / out["explorer_symmetry"]["states"], 2) \
+        if "explorer" in out else (round(out["spin"]["states"] / out["explorer_symmetry"]["states"], 2)
+                                   if "spin" in out else None)
     return out
 
 
@@ -194,6 +220,11 @@ def run(quick: bool = False, with_spin: bool = True, progress=None, sizes: dict 
     say("emulator: ioctl mix through client + EmulatedTransport")
     em = emulator.ioctl_throughput(cycles=z["cycles"], repeats=z["ioctl_repeats"], profile=PROFILE)
     em["us_per_ioctl_by_kind"] = emulator.per_op_costs(max(z["cycles"] // 2, 200), PROFILE)
+    say("a real ioctl syscall from Python, for scale (TCGETS on a pty)")
+    real = emulator.real_ioctl_cost(calls=10 * z["cycles"], repeats=z["ioctl_repeats"] // 3 or 1)
+    em["us_per_ioctl"] = round(1e6 / em["ioctls_per_cpu_s"], 3)
+    em["real_ioctl"] = real
+    em["emulated_vs_real_ioctl"] = round(em["us_per_ioctl"] / real["us_per_call"], 2)
     res["emulator"] = em
     say(f"map/unmap scaling: {z['map_small']:,} vs {z['map_large']:,} live mappings")
     ms = emulator.map_scaling(z["map_small"], z["map_large"], ops=z["map_ops"], rounds=z["map_rounds"],
@@ -203,7 +234,8 @@ def run(quick: bool = False, with_spin: bool = True, progress=None, sizes: dict 
     engines = {}
     for path in z["scenarios"]:
         engines[path.stem] = compare_engines(path, PROFILE, z["repeats"], with_naive=path in z["naive_on"],
-                                             with_spin=with_spin, progress=say)
+                                             with_spin=with_spin, progress=say,
+                                             no_symmetry=path not in z["symmetry_only"])
     res["explorer"] = engines
     main = engines[z["scenarios"][0].stem]
     res.update({
@@ -219,7 +251,13 @@ def run(quick: bool = False, with_spin: bool = True, progress=None, sizes: dict 
         "explorer_symmetry_seconds": main["explorer_symmetry"]["seconds"],
         "explorer_symmetry_states": main["explorer_symmetry"]["states"],
         "headline_scenario": main["scenario"],
+        "explorer_reference_states_per_s": main["explorer_reference"]["states_per_s"],
+        "explorer_speedup_vs_reference": main["speedup_vs_reference"],
+        "explorer_speedup_vs_issue14_figure": round(main["explorer"]["states_per_s"] / BASELINE_ISSUE14_STATES_PER_S, 2),
+        "emulated_vs_real_ioctl": em["emulated_vs_real_ioctl"],
     })
+    if BENCH_12.stem in engines and "spin" in engines[BENCH_12.stem]:
+        res["explorer_vs_spin_verify_12"] = engines[BENCH_12.stem]["explorer_vs_spin_verify"]
     if not with_spin:
         res["spin_skipped"] = "spin or gcc not installed (apt-get install spin gcc)"
     spin_s = res["spin_seconds"]
@@ -231,6 +269,8 @@ def run(quick: bool = False, with_spin: bool = True, progress=None, sizes: dict 
         "naive_vs_explorer": round(res["naive_seconds"] / res["explorer_symmetry_seconds"], 2)
         if res["naive_seconds"] else None,
         "symmetry_speedup": round(res["explorer_seconds"] / res["explorer_symmetry_seconds"], 2),
+        "explorer_vs_spin_verify": main.get("explorer_vs_spin_verify"),
+        "explorer_no_symmetry_vs_reference": round(1 / main["speedup_vs_reference"], 3),
         "map_cost_1e6_vs_1e3": ms["ratio"],
         "emulator_cpu_vs_wall": round(em["ioctls_per_cpu_s"] / em["ioctls_per_s"], 2),
     }
@@ -242,7 +282,7 @@ def run(quick: bool = False, with_spin: bool = True, progress=None, sizes: dict 
         prof = emulator.profile_cycle(min(z["cycles"], 3000), PROFILE)
         res["profiles"]["emulator"] = {"layers_share_cprofile": emulator.layer_shares(prof),
                                        "top_functions": top_functions(prof)}
-    if unmet & {"explorer_vs_spin", "explorer_no_symmetry_vs_spin"}:
+    if unmet & {"explorer_vs_spin", "explorer_no_symmetry_vs_spin", "explorer_speedup", "explorer_vs_spin_verify_12"}:
         say("profiling the explorer, symmetry off (goal not met)")
         res["profiles"]["explorer"] = explorer_breakdown(load(z["scenarios"][0]), PROFILE)
     if "map_cost_ratio" in unmet:
@@ -272,6 +312,18 @@ def goals(res: dict) -> list[dict]:
          "value": r["explorer_no_symmetry_vs_spin"], "met": None if r["explorer_no_symmetry_vs_spin"] is None
          else r["explorer_no_symmetry_vs_spin"] <= GOAL_SPIN_RATIO},
     ]
+    out.append({"id": "explorer_speedup", "goal": f"explorer throughput, symmetry off, >= {GOAL_SPEEDUP:g} x before "
+                                              f"(the reference path in this run; issue 14: {BASELINE_ISSUE14_STATES_PER_S} "
+                                              "states/s)",
+                "value": res["explorer_speedup_vs_reference"], "met": res["explorer_speedup_vs_reference"] >= GOAL_SPEEDUP})
+    out.append({"id": "emulated_vs_real_ioctl", "goal": f"an emulated ioctl (mix, client + transport) <= "
+                                                    f"{GOAL_REAL_IOCTL_RATIO:g} x a real ioctl syscall from Python",
+                "value": res["emulated_vs_real_ioctl"], "met": res["emulated_vs_real_ioctl"] <= GOAL_REAL_IOCTL_RATIO})
+    if "explorer_vs_spin_verify_12" in res:
+        v = res["explorer_vs_spin_verify_12"]
+        out.append({"id": "explorer_vs_spin_verify_12", "goal": f"explorer (symmetry) time to verdict <= "
+                                                            f"{GOAL_SPIN_VERIFY_RATIO} x SPIN's verify (pan) alone, 12 devices",
+                    "value": v, "met": None if v is None else v <= GOAL_SPIN_VERIFY_RATIO})
     for name, e in res["explorer"].items():
         out.append({"id": f"counts_{name}", "goal": f"{name}: explorer, naive BFS and SPIN count the same states "
                                                    "and reach the same verdict",

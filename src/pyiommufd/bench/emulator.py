@@ -65,6 +65,29 @@ def ioctl_throughput(cycles: int = 2000, repeats: int = 15, profile: str = "linu
             "ioctls_per_cpu_s": round(n / cpus[0]), "median_ioctls_per_cpu_s": round(n / cpus[len(cpus) // 2])}
 
 
+def real_ioctl_cost(calls: int = 20000, repeats: int = 5) -> dict:
+    """A real ioctl syscall made from Python, for scale: TCGETS on a pty through ``fcntl.ioctl`` with a
+    writable buffer (the kernel copies a struct termios out), CPU microseconds per call, best of ``repeats``."""
+    import fcntl
+    import os
+    import termios
+    master, slave = os.openpty()
+    buf = bytearray(64)
+    try:
+        fcntl.ioctl(slave, termios.TCGETS, buf)
+        best = float("inf")
+        for _ in range(repeats):
+            c0 = time.process_time()
+            for _ in range(calls):
+                fcntl.ioctl(slave, termios.TCGETS, buf)
+            best = min(best, time.process_time() - c0)
+    finally:
+        os.close(master)
+        os.close(slave)
+    return {"ioctl": "TCGETS on a pty (fcntl.ioctl, 64-byte buffer)", "calls": calls * repeats,
+            "us_per_call": round(best / calls * 1e6, 3)}
+
+
 def per_op_costs(pairs: int = 1000, profile: str = "linux-6.12", bursts: int = 5) -> dict:
     """CPU microseconds per ioctl for each kind in the MIX, measured in pairs that leave the
     machine as they found it (best of ``bursts``)."""

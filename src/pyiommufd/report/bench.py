@@ -27,6 +27,9 @@ def bench_report(res: dict, console: Console) -> None:
               f"{em['ioctls_per_cpu_s']:,} ioctls/s CPU ({em['ioctls_per_s']:,}/s wall)")
     for k, v in em.get("us_per_ioctl_by_kind", {}).items():
         t.add_row(f"  {k}", f"{v} us per ioctl")
+    if em.get("real_ioctl"):
+        t.add_row("an emulated ioctl (the mix) vs a real one", f"{em['us_per_ioctl']} us vs {em['real_ioctl']['us_per_call']} us "
+                  f"({em['real_ioctl']['ioctl']}): x{em['emulated_vs_real_ioctl']}")
     small, large = ms["live"]
     t.add_row(f"map+unmap, {small:,} live mappings", f"{ms['us_per_op'][str(small)]} us per op")
     t.add_row(f"map+unmap, {large:,} live mappings", f"{ms['us_per_op'][str(large)]} us per op "
@@ -35,7 +38,8 @@ def bench_report(res: dict, console: Console) -> None:
 
     e = Table("scenario", "engine", "states", "transitions", "verdict", "seconds", "states/s", box=None, pad_edge=False)
     for name, r in res["explorer"].items():
-        rows = [("explorer (symmetry)", r["explorer_symmetry"]), ("explorer (no symmetry)", r["explorer"]),
+        rows = [("explorer (symmetry)", r["explorer_symmetry"]), ("explorer (no symmetry)", r.get("explorer")),
+                ("  before issue 14 (reference path)", r.get("explorer_reference")),
                 ("naive BFS", r.get("naive")), ("SPIN", r.get("spin"))]
         for label, x in rows:
             if x is None:
@@ -47,6 +51,10 @@ def bench_report(res: dict, console: Console) -> None:
             p = r["spin"]["phases"]
             e.add_row("", "  SPIN phases", "", "", f"spin -a {p['generate']}, gcc -O2 {p['compile']}, "
                       f"pan {p['verify']}", "", "")
+            e.add_row("", "  explorer (symmetry) / SPIN", "", "", f"x{r.get('explorer_vs_spin_verify')} of pan alone, "
+                      f"x{r.get('explorer_vs_spin_total')} of spin + gcc + pan", "", "")
+        if r.get("speedup_vs_reference"):
+            e.add_row("", "  explorer (no symmetry) vs before", "", "", f"x{r['speedup_vs_reference']} faster", "", "")
         agree = "[green]agree[/]" if r["states_agree"] and r["verdicts_agree"] else "[red]DISAGREE[/]"
         e.add_row("", f"  counts and verdicts {agree}", "", "", f"symmetry reduction x{r['symmetry_reduction_factor']}",
                   "", "")
