@@ -137,3 +137,26 @@ def test_spin_on_the_bench_scenario_matches_the_documented_count():
 def test_missing_tools_names_what_is_absent(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda t: None if t == "spin" else "/usr/bin/" + t)
     assert spin.missing_tools() == ["spin"]
+
+
+def test_bench_measures_the_explorer_before_issue_14_and_a_real_ioctl():
+    res = bench.run(quick=True, with_spin=False, sizes=TINY)
+    e = res["explorer"]["hot-unplug"]
+    assert e["explorer_reference"]["states"] == e["explorer"]["states"] == 60 and e["states_agree"]
+    assert e["speedup_vs_reference"] == res["explorer_speedup_vs_reference"] > 0
+    em = res["emulator"]
+    assert em["real_ioctl"]["us_per_call"] > 0 and em["emulated_vs_real_ioctl"] == res["emulated_vs_real_ioctl"]
+    assert {g["id"] for g in res["goals"]} >= {"explorer_speedup", "emulated_vs_real_ioctl"}
+
+
+def test_real_ioctl_cost_is_a_syscall_that_answers():
+    r = emulator.real_ioctl_cost(calls=100, repeats=1)
+    assert 0 < r["us_per_call"] < 1000 and "TCGETS" in r["ioctl"]
+
+
+@needs_spin
+def test_twelve_devices_symmetry_on_and_spin_agree():
+    r = bench.compare_engines(SCENARIOS / "bench" / "intel-12dev-4units.toml", no_symmetry=False, with_naive=False)
+    assert "explorer" not in r and r["verdicts_agree"]
+    assert r["spin"]["states"] == 41136 and r["explorer_symmetry"]["states"] == 247
+    assert r["spin"]["verify_seconds"] <= r["spin"]["seconds"] and r["explorer_vs_spin_verify"] > 0
