@@ -130,14 +130,26 @@ def _labels(objs: dict) -> tuple[list, dict]:
 
 
 def device_signatures(vmm: Vmm, done: frozenset, events: list[Step], classes: dict) -> dict[str, tuple]:
-    """Device -> everything the key says about it: its part, its HWPT's label, the user-space HWPTs
-    (strategy bookkeeping) listing it.  Two devices of one class with equal signatures can be swapped
-    without changing the key: the state's own symmetry (``Model.orbits``)."""
+    """Device -> everything the key says about it, position by position: its part, its HWPT's label, the
+    HWPTs whose domain lists it as upgraded over, the reserved ranges it owns, the user-space HWPTs
+    (strategy bookkeeping) listing it.  (The key itself sees the last three only as multisets of
+    classes.)  Two devices of one class with equal signatures can be swapped leaving the key without
+    symmetry unchanged, part by part: the state's own symmetry (``Model.orbits``)."""
     ctx = vmm.host.ctxs[vmm.iommufd.fd]
-    _, label = _labels(ctx.objects)
+    objs = ctx.objects
+    ioases, label = _labels(objs)
     dev_states, where, _ = _device_parts(vmm, ctx, label, _done_parts(done, events)[0], classes)
+    extra: dict[str, list] = {}
+    for i, o in objs.items():
+        if o.type in ("hwpt_paging", "hwpt_nested"):
+            for n in o.domain.upgraded_over:
+                extra.setdefault(n, []).append(("upgraded", label[i]))
+    for i in ioases:
+        for a, b, owner in objs[i].iopt.reserved:
+            extra.setdefault(owner, []).append(("reserved", label[i], a, b))
     us = vmm.us.get("hwpts", ())
-    return {n: (s, where.get(n), tuple(i for i, h in enumerate(us) if n in h["devices"]))
+    return {n: (s, where.get(n), tuple(sorted(extra.get(n, ()))),
+                tuple(i for i, h in enumerate(us) if n in h["devices"]))
             for n, s in dev_states.items()}
 
 
