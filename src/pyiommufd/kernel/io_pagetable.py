@@ -167,11 +167,16 @@ class IoPagetable:
             for s, (l, _) in self.areas.items():
                 if s & mask or (l - s + 1) & mask:
                     raise KernelErr(errno.EADDRINUSE, "existing mapping not aligned to the domain's page size")
+        outside = []   # iopt_reserve_iova with the domain as owner, below then above the aperture
+        if domain.aperture_start != 0:
+            outside.append((0, domain.aperture_start - 1))
         if domain.aperture_end != ULONG_MAX:
-            if self.area_iter_first(domain.aperture_end + 1, ULONG_MAX):
-                raise KernelErr(errno.EADDRINUSE, f"a mapping lies beyond the domain's aperture "
-                                                  f"(ends at {domain.aperture_end:#x})")
-            self.outside.append((domain.aperture_end + 1, ULONG_MAX, domain.serial))
+            outside.append((domain.aperture_end + 1, ULONG_MAX))
+        for start, last in outside:
+            if self.area_iter_first(start, last):
+                raise KernelErr(errno.EADDRINUSE, f"a mapping lies outside the domain's aperture "
+                                                  f"({domain.aperture_start:#x}-{domain.aperture_end:#x})")
+        self.outside.extend((start, last, domain.serial) for start, last in outside)
         for s, (l, prot) in self.areas.items():
             domain.map(s, l, prot)
         self.domains.append(domain)

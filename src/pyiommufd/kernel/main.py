@@ -11,6 +11,7 @@ import errno
 from .err import KernelErr
 
 OBJ_DEVICE, OBJ_HWPT_PAGING, OBJ_HWPT_NESTED, OBJ_IOAS = "device", "hwpt_paging", "hwpt_nested", "ioas"
+OBJ_SELFTEST = "selftest"   # IOMMUFD_OBJ_SELFTEST (CONFIG_IOMMUFD_TEST)
 
 
 class Obj:
