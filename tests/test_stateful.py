@@ -183,8 +183,9 @@ def check_kernel_invariants(host) -> None:
                 assert owners == want_owners, f"IOAS {o.id} reserved owners {owners}, want {want_owners}"
                 # aperture reservations: one per filled domain with a limited aperture
                 if hasattr(o.iopt, "outside"):
-                    want_outside = sorted((d.aperture_end + 1, d.serial) for d in o.iopt.domains
-                                          if d.aperture_end != U64_MAX)
+                    want_outside = sorted([(d.aperture_end + 1, d.serial) for d in o.iopt.domains
+                                           if d.aperture_end != U64_MAX]
+                                          + [(0, d.serial) for d in o.iopt.domains if d.aperture_start])
                     assert sorted((r[0], r[2]) for r in o.iopt.outside) == want_outside, \
                         f"IOAS {o.id} aperture reservations {o.iopt.outside}, want {want_outside}"
                 # areas never overlap, never touch a reserved range

@@ -325,6 +325,168 @@ class vfio_group_fd(_Struct):
     _fields_ = [("fd", s32)]
 
 
+class iommu_hwpt_set_dirty_tracking(_Struct):
+    """struct iommu_hwpt_set_dirty_tracking { __u32 size, flags, hwpt_id, __reserved; };"""
+    _fields_ = [("size", u32), ("flags", u32), ("hwpt_id", u32), ("__reserved", u32)]
+
+
+class iommu_hwpt_get_dirty_bitmap(_Struct):
+    """struct iommu_hwpt_get_dirty_bitmap { __u32 size, hwpt_id, flags, __reserved;
+    __aligned_u64 iova, length, page_size, data; };"""
+    _fields_ = [("size", u32), ("hwpt_id", u32), ("flags", u32), ("__reserved", u32),
+                ("iova", u64), ("length", u64), ("page_size", u64), ("data", u64)]
+
+
+class iommu_hwpt_invalidate(_Struct):
+    """struct iommu_hwpt_invalidate { __u32 size, hwpt_id; __aligned_u64 data_uptr;
+    __u32 data_type, entry_len, entry_num, __reserved; };"""
+    _fields_ = [("size", u32), ("hwpt_id", u32), ("data_uptr", u64), ("data_type", u32),
+                ("entry_len", u32), ("entry_num", u32), ("__reserved", u32)]
+
+
+class iommu_fault_alloc(_Struct):
+    """struct iommu_fault_alloc { __u32 size, flags, out_fault_id, out_fault_fd; };"""
+    _fields_ = [("size", u32), ("flags", u32), ("out_fault_id", u32), ("out_fault_fd", u32)]
+
+
+class iommu_hwpt_pgfault(_Struct):
+    """struct iommu_hwpt_pgfault { __u32 flags, dev_id, pasid, grpid, perm, __reserved;
+    __aligned_u64 addr; __u32 length, cookie; };"""
+    _fields_ = [("flags", u32), ("dev_id", u32), ("pasid", u32), ("grpid", u32), ("perm", u32),
+                ("__reserved", u32), ("addr", u64), ("length", u32), ("cookie", u32)]
+
+
+class iommu_hwpt_page_response(_Struct):
+    """struct iommu_hwpt_page_response { __u32 cookie, code; };"""
+    _fields_ = [("cookie", u32), ("code", u32)]
+
+
+# --- the selftest mock's uAPI (drivers/iommu/iommufd/iommufd_test.h, 6.12.117) -----
+# Present with CONFIG_IOMMUFD_TEST, which every conformance kernel has.
+IOMMUFD_CMD_TEST = IOMMUFD_CMD_BASE + 32
+IOMMU_TEST_CMD = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_TEST)
+(IOMMU_TEST_OP_ADD_RESERVED, IOMMU_TEST_OP_MOCK_DOMAIN, IOMMU_TEST_OP_MD_CHECK_MAP, IOMMU_TEST_OP_MD_CHECK_REFS,
+ IOMMU_TEST_OP_CREATE_ACCESS, IOMMU_TEST_OP_DESTROY_ACCESS_PAGES, IOMMU_TEST_OP_ACCESS_PAGES,
+ IOMMU_TEST_OP_ACCESS_RW, IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT, IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE,
+ IOMMU_TEST_OP_ACCESS_REPLACE_IOAS, IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS, IOMMU_TEST_OP_DIRTY,
+ IOMMU_TEST_OP_MD_CHECK_IOTLB, IOMMU_TEST_OP_TRIGGER_IOPF) = range(1, 16)
+MOCK_APERTURE_START = 1 << 24
+MOCK_APERTURE_LAST = (1 << 31) - 1
+MOCK_FLAGS_ACCESS_WRITE = 1 << 0
+MOCK_FLAGS_ACCESS_SYZ = 1 << 16
+MOCK_ACCESS_RW_WRITE = 1 << 0
+MOCK_ACCESS_RW_SLOW_PATH = 1 << 2
+MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES = 1 << 0
+MOCK_FLAGS_DEVICE_NO_DIRTY = 1 << 0
+MOCK_FLAGS_DEVICE_HUGE_IOVA = 1 << 1
+MOCK_NESTED_DOMAIN_IOTLB_ID_MAX = 3
+MOCK_NESTED_DOMAIN_IOTLB_NUM = 4
+IOMMU_HW_INFO_TYPE_SELFTEST = 0xFEEDBEEF
+IOMMU_HW_INFO_SELFTEST_REGVAL = 0xDEADBEEF
+IOMMU_HWPT_DATA_SELFTEST = 0xDEAD
+IOMMU_TEST_IOTLB_DEFAULT = 0xBADBEEF
+IOMMU_HWPT_INVALIDATE_DATA_SELFTEST = 0xDEADBEEF
+IOMMU_HWPT_INVALIDATE_DATA_SELFTEST_INVALID = 0xDADBEEF
+IOMMU_TEST_INVALIDATE_FLAG_ALL = 1 << 0
+
+
+class _test_add_reserved(_Struct):
+    _fields_ = [("start", u64), ("length", u64)]
+
+
+class _test_mock_domain(_Struct):
+    _fields_ = [("out_stdev_id", u32), ("out_hwpt_id", u32), ("out_idev_id", u32)]
+
+
+class _test_mock_domain_flags(_Struct):
+    _fields_ = [("out_stdev_id", u32), ("out_hwpt_id", u32), ("out_idev_id", u32), ("dev_flags", u32)]
+
+
+class _test_mock_domain_replace(_Struct):
+    _fields_ = [("pt_id", u32)]
+
+
+class _test_check_map(_Struct):
+    _fields_ = [("iova", u64), ("length", u64), ("uptr", u64)]
+
+
+class _test_check_refs(_Struct):
+    _fields_ = [("length", u64), ("uptr", u64), ("refs", u32)]
+
+
+class _test_create_access(_Struct):
+    _fields_ = [("out_access_fd", u32), ("flags", u32)]
+
+
+class _test_destroy_access_pages(_Struct):
+    _fields_ = [("access_pages_id", u32)]
+
+
+class _test_access_pages(_Struct):
+    _fields_ = [("flags", u32), ("out_access_pages_id", u32), ("iova", u64), ("length", u64), ("uptr", u64)]
+
+
+class _test_access_rw(_Struct):
+    _fields_ = [("iova", u64), ("length", u64), ("uptr", u64), ("flags", u32)]
+
+
+class _test_memory_limit(_Struct):
+    _fields_ = [("limit", u32)]
+
+
+class _test_access_replace_ioas(_Struct):
+    _fields_ = [("ioas_id", u32)]
+
+
+class _test_dirty(_Struct):
+    _fields_ = [("flags", u32), ("iova", u64), ("length", u64), ("page_size", u64), ("uptr", u64),
+                ("out_nr_dirty", u64)]
+
+
+class _test_check_iotlb(_Struct):
+    _fields_ = [("id", u32), ("iotlb", u32)]
+
+
+class _test_trigger_iopf(_Struct):
+    _fields_ = [("dev_id", u32), ("pasid", u32), ("grpid", u32), ("perm", u32), ("addr", u64)]
+
+
+class _iommu_test_cmd_union(ctypes.Union):
+    _fields_ = [("add_reserved", _test_add_reserved), ("mock_domain", _test_mock_domain),
+                ("mock_domain_flags", _test_mock_domain_flags), ("mock_domain_replace", _test_mock_domain_replace),
+                ("check_map", _test_check_map), ("check_refs", _test_check_refs),
+                ("create_access", _test_create_access), ("destroy_access_pages", _test_destroy_access_pages),
+                ("access_pages", _test_access_pages), ("access_rw", _test_access_rw),
+                ("memory_limit", _test_memory_limit), ("access_replace_ioas", _test_access_replace_ioas),
+                ("dirty", _test_dirty), ("check_iotlb", _test_check_iotlb), ("trigger_iopf", _test_trigger_iopf)]
+
+
+class iommu_test_cmd(_Struct):
+    """struct iommu_test_cmd { __u32 size, op, id, __reserved; union { struct {...} add_reserved;
+    mock_domain; mock_domain_flags; mock_domain_replace; check_map; check_refs; create_access;
+    destroy_access_pages; access_pages; access_rw; memory_limit; access_replace_ioas; dirty;
+    check_iotlb; trigger_iopf; }; __u32 last; };  (iommufd_test.h, 6.12.117: 72 bytes, min_size 68)
+    The union members are reached by name: ``cmd.mock_domain.out_hwpt_id``."""
+    _anonymous_ = ("u",)
+    _fields_ = [("size", u32), ("op", u32), ("id", u32), ("__reserved", u32), ("u", _iommu_test_cmd_union),
+                ("last", u32)]
+
+
+class iommu_test_hw_info(_Struct):
+    """struct iommu_test_hw_info { __u32 flags, test_reg; };"""
+    _fields_ = [("flags", u32), ("test_reg", u32)]
+
+
+class iommu_hwpt_selftest(_Struct):
+    """struct iommu_hwpt_selftest { __u32 iotlb; };"""
+    _fields_ = [("iotlb", u32)]
+
+
+class iommu_hwpt_invalidate_selftest(_Struct):
+    """struct iommu_hwpt_invalidate_selftest { __u32 flags, iotlb_id; };"""
+    _fields_ = [("flags", u32), ("iotlb_id", u32)]
+
+
 # The kernel's per-command table: (struct, field whose end is min_size), as in
 # iommufd_ioctl_ops[] (IOCTL_OP in drivers/iommu/iommufd/main.c, 6.12.117).
 IOMMUFD_MIN_FIELD = {
@@ -339,6 +501,11 @@ IOMMUFD_MIN_FIELD = {
     IOMMUFD_CMD_VFIO_IOAS: (iommu_vfio_ioas, "__reserved"),
     IOMMUFD_CMD_HWPT_ALLOC: (iommu_hwpt_alloc, "__reserved"),
     IOMMUFD_CMD_GET_HW_INFO: (iommu_hw_info, "__reserved"),
+    IOMMUFD_CMD_HWPT_SET_DIRTY_TRACKING: (iommu_hwpt_set_dirty_tracking, "__reserved"),
+    IOMMUFD_CMD_HWPT_GET_DIRTY_BITMAP: (iommu_hwpt_get_dirty_bitmap, "data"),
+    IOMMUFD_CMD_HWPT_INVALIDATE: (iommu_hwpt_invalidate, "__reserved"),
+    IOMMUFD_CMD_FAULT_QUEUE_ALLOC: (iommu_fault_alloc, "out_fault_fd"),
+    IOMMUFD_CMD_TEST: (iommu_test_cmd, "last"),
 }
 
 # Per release layouts of the structs that grew.  Key: the struct's layout name as

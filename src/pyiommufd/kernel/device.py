@@ -17,6 +17,7 @@ import errno
 
 from .. import uapi
 from . import iommu
+from .drivers.mock import MockDev
 from .err import KernelErr
 from .hw_pagetable import HwptPaging, abort_paging, enforce_cc, fill, hwpt_put, is_paging, paging_alloc
 from .main import OBJ_DEVICE, OBJ_HWPT_NESTED, OBJ_HWPT_PAGING, OBJ_IOAS, IommufdCtx, Obj
@@ -59,7 +60,8 @@ class Device(Obj):
         if not any(isinstance(o, Device) and o.igroup is self.igroup for o in ctx.objects.values()):
             if not self.igroup.devices and self.igroup.hwpt is None:
                 ctx.groups.pop(self.igroup.group.name, None)
-        ctx.host.put_ctx(ctx)   # pairs with iommufd_ctx_get in device_bind
+        if not isinstance(self.dev, MockDev):
+            ctx.host.put_ctx(ctx)   # pairs with iommufd_ctx_get in device_bind
 
     def snapshot(self):
         return (self.dev.name, self.igroup.group.name, self.enforce_cc)
@@ -69,21 +71,22 @@ class Device(Obj):
 def device_bind(ctx: IommufdCtx, dev) -> Device:
     """iommufd_device_bind: claim DMA ownership of the group for this ctx, make the DEVICE."""
     host = ctx.host
-    group = host.groups[dev.group]
+    group = host.group_of(dev)
     iommu.claim_dma_owner(group, ctx.fd)
     igroup = ctx.groups.get(group.name)
     new_igroup = igroup is None
     if new_igroup:
         igroup = IGroup(group)
     try:
-        idev = ctx.alloc(Device(dev, igroup, host.driver.capable_enforce_cc(dev)))
+        idev = ctx.alloc(Device(dev, igroup, host.driver_of(dev).capable_enforce_cc(dev)))
     except KernelErr:
         iommu.release_dma_owner(group)
         raise
     idev.users += 1  # the calling driver is a user until device_unbind
     if new_igroup:
         ctx.groups[group.name] = igroup
-    ctx.refs += 1    # iommufd_ctx_get: the ctx outlives its fd while a device is bound (Device.destroy)
+    if not isinstance(dev, MockDev):   # iommufd_selftest_is_mock_dev: no ctx reference
+        ctx.refs += 1    # iommufd_ctx_get: the ctx outlives its fd while a device is bound (Device.destroy)
     ctx.finalize(idev)
     return idev
 
@@ -101,7 +104,7 @@ def _reserve(ctx, hwpt: HwptPaging, devs) -> None:
     try:
         for d in devs:
             ctx.host.fallible("reserved regions")
-            for start, last, _ in ctx.host.driver.resv_regions(d.dev):
+            for start, last, _ in ctx.host.driver_of(d.dev).resv_regions(d.dev):
                 hwpt.ioas.iopt.reserve(start, last, d.dev.name)
             done.append(d)
     except KernelErr:
@@ -272,12 +275,12 @@ def get_hw_info(ctx: IommufdCtx, cmd, mem) -> None:
     if cmd.flags or reserved:
         raise KernelErr(errno.EOPNOTSUPP, "non-zero flags or __reserved")
     idev = ctx.get(cmd.dev_id, OBJ_DEVICE)
-    dtype, data = ctx.host.driver.hw_info(idev.dev)
+    driver = ctx.host.driver_of(idev.dev)
+    dtype, data = driver.hw_info(idev.dev)
     copy_len = min(cmd.data_len, len(data))
     if cmd.data_len:
         mem.write(cmd.data_uptr, data[:copy_len] + bytes(cmd.data_len - copy_len))
     cmd.data_len = len(data)
     cmd.out_data_type = dtype
     if hasattr(cmd, "out_capabilities"):
-        unit = ctx.host.units[idev.dev.unit]
-        cmd.out_capabilities = uapi.IOMMU_HW_CAP_DIRTY_TRACKING if unit.dirty_tracking else 0
+        cmd.out_capabilities = uapi.IOMMU_HW_CAP_DIRTY_TRACKING if driver.capable_dirty_tracking(idev.dev) else 0

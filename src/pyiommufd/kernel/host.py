@@ -15,8 +15,9 @@ import errno
 from .. import uapi
 from ..errors import EmulationGap
 from . import device as idevice
-from . import hw_pagetable, ioas, kvm as kvmmod, vfio
+from . import hw_pagetable, ioas, kvm as kvmmod, selftest, vfio
 from .drivers import DRIVERS
+from .drivers.mock import MockDev, MockDriver
 from .drivers.base import Domain
 from .err import KernelErr
 from .iommu import IommuGroup
@@ -30,6 +31,7 @@ _IOMMUFD_OPS = {
     uapi.IOMMUFD_CMD_HWPT_ALLOC: "6.6", uapi.IOMMUFD_CMD_GET_HW_INFO: "6.6",
     uapi.IOMMUFD_CMD_HWPT_SET_DIRTY_TRACKING: "6.7", uapi.IOMMUFD_CMD_HWPT_GET_DIRTY_BITMAP: "6.7",
     uapi.IOMMUFD_CMD_HWPT_INVALIDATE: "6.8", uapi.IOMMUFD_CMD_FAULT_QUEUE_ALLOC: "6.11",
+    uapi.IOMMUFD_CMD_TEST: "6.2",   # CONFIG_IOMMUFD_TEST: every conformance kernel has it
 }
 _MIN_FIELD_FIRST_VERSION = {  # IOCTL_OP(..., _last): min_size = offsetofend of this field
     uapi.IOMMUFD_CMD_DESTROY: (uapi.iommu_destroy, "id"),
@@ -39,6 +41,7 @@ _MIN_FIELD_FIRST_VERSION = {  # IOCTL_OP(..., _last): min_size = offsetofend of 
     uapi.IOMMUFD_CMD_VFIO_IOAS: (uapi.iommu_vfio_ioas, "__reserved"),
     uapi.IOMMUFD_CMD_HWPT_ALLOC: (uapi.iommu_hwpt_alloc_v6_6, "__reserved"),
     uapi.IOMMUFD_CMD_GET_HW_INFO: (uapi.iommu_hw_info_v6_6, "__reserved"),
+    uapi.IOMMUFD_CMD_TEST: (uapi.iommu_test_cmd, "last"),
 }
 
 
@@ -68,7 +71,8 @@ def _iommufd_op_table(profile) -> dict:
                     uapi.IOMMUFD_CMD_IOAS_ALLOC: (ioas.ioas_alloc, uapi.iommu_ioas_alloc),
                     uapi.IOMMUFD_CMD_IOAS_MAP: (ioas.ioas_map, uapi.iommu_ioas_map),
                     uapi.IOMMUFD_CMD_IOAS_UNMAP: (ioas.ioas_unmap, uapi.iommu_ioas_unmap),
-                    uapi.IOMMUFD_CMD_VFIO_IOAS: (ioas.vfio_ioas, uapi.iommu_vfio_ioas)}
+                    uapi.IOMMUFD_CMD_VFIO_IOAS: (ioas.vfio_ioas, uapi.iommu_vfio_ioas),
+                    uapi.IOMMUFD_CMD_TEST: (selftest.iommufd_test, uapi.iommu_test_cmd)}
         if profile.hwpt_alloc is not None:
             handlers[uapi.IOMMUFD_CMD_HWPT_ALLOC] = (hw_pagetable.hwpt_alloc,
                                                      uapi.HWPT_ALLOC_LAYOUTS[profile.hwpt_alloc])
@@ -176,6 +180,10 @@ class Host:
         self.devices = {d.name: vfio.PhysDevice(d) for d in system.devices}
         self.groups = {g: IommuGroup(g, [d.name for d in system.devices if d.group == g]) for g in system.groups}
         self.driver = DRIVERS[system.iommu](self)
+        # The selftest mock IOMMU (CONFIG_IOMMUFD_TEST) drives the devices IOMMU_TEST_OP_MOCK_DOMAIN
+        # makes, whatever IOMMU the system has; it is the system's driver on a mock system.
+        self.mock_driver = self.driver if system.iommu == "mock" else MockDriver(self)
+        self.mock_devs: dict[str, MockDev] = {}   # name -> mock device (selftest.c mock_dev_create)
         self.files: dict[int, object] = {}     # fd -> open file
         self.ctxs: dict[int, IommufdCtx] = {}  # fd -> iommufd ctx (also in files)
         self.kvm = kvmmod.Kvm() if system.kvm else None
@@ -196,6 +204,22 @@ class Host:
         self.fallible_count += 1
         if self.fail_nth and self.fallible_count == self.fail_nth:
             raise KernelErr(errno.ENOMEM, f"fail-nth: injected failure at {what}")
+
+    def driver_of(self, dev):
+        """dev_iommu_ops(dev): the mock driver for a mock device, else the system's IOMMU."""
+        return self.mock_driver if isinstance(dev, MockDev) else self.driver
+
+    def driver_of_domain(self, domain):
+        """domain->ops: the driver that allocated ``domain``."""
+        return self.mock_driver if domain.driver == "mock" else self.driver
+
+    def group_of(self, dev) -> IommuGroup:
+        """dev->iommu_group."""
+        return dev.iommu_group if isinstance(dev, MockDev) else self.groups[dev.group]
+
+    def device_named(self, name: str):
+        dev = self.devices.get(name)
+        return dev if dev is not None else self.mock_devs[name]
 
     def clone(self) -> "Host":
         return copy.deepcopy(self)
@@ -401,6 +425,8 @@ class Host:
             return hw_pagetable.hwpt_alloc, uapi.HWPT_ALLOC_LAYOUTS[p.hwpt_alloc]
         if nr == uapi.IOMMUFD_CMD_GET_HW_INFO:
             return (lambda ctx, cmd: idevice.get_hw_info(ctx, cmd, self.mem)), uapi.HW_INFO_LAYOUTS[p.hw_info]
+        if nr == uapi.IOMMUFD_CMD_TEST:
+            return selftest.iommufd_test, uapi.iommu_test_cmd
         raise EmulationGap(f"{uapi.request_name(uapi._IO(uapi.IOMMUFD_TYPE, nr))} is not modelled by the emulator")
 
     def _cdev_ioctl(self, f, request: int, buf) -> int:
@@ -488,4 +514,5 @@ class Host:
                 tuple(d.snapshot() for d in self.devices.values()),
                 tuple(g.snapshot() for g in self.groups.values()),
                 tuple(sorted(domains.items())),
-                self.kvm.snapshot() if self.kvm else None)
+                self.kvm.snapshot() if self.kvm else None,
+                tuple(m.snapshot() for m in self.mock_devs.values()))

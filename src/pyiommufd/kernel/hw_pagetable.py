@@ -67,7 +67,7 @@ def enforce_cc(hwpt: HwptPaging, host) -> None:
     """iommufd_hwpt_paging_enforce_cc: ask the driver once; EINVAL if it refuses or has no op."""
     if hwpt.enforce_cc:
         return
-    if host.driver.enforce_cache_coherency(hwpt.domain):
+    if host.driver_of_domain(hwpt.domain).enforce_cache_coherency(hwpt.domain):
         hwpt.enforce_cc = True
         return
     raise KernelErr(errno.EINVAL, "the IOMMU driver cannot enforce cache coherency on this domain")
@@ -87,17 +87,18 @@ def paging_alloc(ctx: IommufdCtx, ioas, idev, flags: int, immediate_attach: bool
     host, p = ctx.host, ctx.host.profile
     from .device import hw_pagetable_attach, hw_pagetable_detach  # device.c calls back into us
     valid = uapi.IOMMU_HWPT_ALLOC_NEST_PARENT | uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING if p.nesting else 0
-    if flags and not host.driver.has_domain_alloc_user:
+    driver = host.driver_of(idev.dev)
+    if flags and not driver.has_domain_alloc_user:
         raise KernelErr(errno.EOPNOTSUPP, "driver has no domain_alloc_user")
     if flags & ~valid:
         raise KernelErr(errno.EOPNOTSUPP, f"unsupported HWPT_ALLOC flags {flags:#x}")
-    if flags & uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING and not host.units[idev.dev.unit].dirty_tracking:
+    if flags & uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING and not driver.capable_dirty_tracking(idev.dev):
         raise KernelErr(errno.EOPNOTSUPP, "device's IOMMU cannot track dirty pages")
     hwpt = ctx.alloc(HwptPaging(ioas, bool(flags & uapi.IOMMU_HWPT_ALLOC_NEST_PARENT)))
     ioas.users += 1  # pairs with HwptPaging.destroy
     try:
         host.fallible("domain alloc")
-        hwpt.domain = host.driver.domain_alloc(idev.dev, flags)
+        hwpt.domain = driver.domain_alloc(idev.dev, flags)
         if want_cc if want_cc is not None else (p.cc_at_alloc and idev.enforce_cc):
             enforce_cc(hwpt, host)
         if immediate_attach:
@@ -133,7 +134,8 @@ def nested_alloc(ctx: IommufdCtx, parent: HwptPaging, idev, flags: int, has_data
     """iommufd_hwpt_nested_alloc (6.8+): only FAULT_ID_VALID, data required (EOPNOTSUPP);
     the parent must be a user-allocated NEST_PARENT (EINVAL)."""
     host = ctx.host
-    if flags & ~uapi.IOMMU_HWPT_FAULT_ID_VALID or not has_data or not host.driver.has_domain_alloc_user:
+    driver = host.driver_of(idev.dev)
+    if flags & ~uapi.IOMMU_HWPT_FAULT_ID_VALID or not has_data or not driver.has_domain_alloc_user:
         raise KernelErr(errno.EOPNOTSUPP, "nested HWPT: no flags but FAULT_ID_VALID, and data required")
     if parent.auto_domain or not parent.nest_parent:
         raise KernelErr(errno.EINVAL, "parent HWPT is not a user-allocated NEST_PARENT")
@@ -141,7 +143,7 @@ def nested_alloc(ctx: IommufdCtx, parent: HwptPaging, idev, flags: int, has_data
     parent.users += 1  # pairs with HwptNested.destroy
     try:
         host.fallible("domain alloc")
-        hwpt.domain = host.driver.domain_alloc(idev.dev, 0, parent=parent.domain, nested_data=True)
+        hwpt.domain = driver.domain_alloc(idev.dev, 0, parent=parent.domain, nested_data=True)
     except KernelErr:
         parent.users -= 1
         ctx.abort(hwpt)
@@ -191,7 +193,7 @@ def hwpt_alloc(ctx: IommufdCtx, cmd) -> None:
         if flags & uapi.IOMMU_HWPT_FAULT_ID_VALID:
             raise KernelErr(errno.EOPNOTSUPP, "IOMMU_FAULT_QUEUE_ALLOC objects are not modelled")
         if cmd.data_type not in (uapi.IOMMU_HWPT_DATA_NONE, uapi.IOMMU_HWPT_DATA_VTD_S1) or (
-                cmd.data_type == uapi.IOMMU_HWPT_DATA_VTD_S1 and ctx.host.driver.name != "intel"):
+                cmd.data_type == uapi.IOMMU_HWPT_DATA_VTD_S1 and ctx.host.driver_of(idev.dev).name != "intel"):
             raise KernelErr(errno.EOPNOTSUPP, f"data_type {cmd.data_type} not supported by the driver")
         hwpt = nested_alloc(ctx, pt, idev, flags, bool(data_len))
     else:

@@ -481,7 +481,7 @@ class IoPagetable:
         if new_align != self.iova_alignment:
             self.check_iova_alignment(new_align)
         outside = []
-        aperture_start = getattr(domain, "aperture_start", 0)
+        aperture_start = domain.aperture_start
         if aperture_start != 0:
             outside.append((0, aperture_start - 1, domain.serial))
         if domain.aperture_end != ULONG_MAX:

@@ -43,7 +43,8 @@ def release_dma_owner(group: IommuGroup) -> None:
 
 def _check_all(host, domain, group: IommuGroup) -> None:
     for name in group.devices:
-        host.driver.attach_dev(domain, host.devices[name])
+        dev = host.device_named(name)
+        host.driver_of(dev).attach_dev(domain, dev)
 
 
 def attach_group(host, domain, group: IommuGroup) -> None:
