@@ -38,7 +38,7 @@ class Env:
         self.host = self.emu.host
         self.t = self.emu.transport
         self.ifd = Iommufd(self.t)
-        self.uva = self.t.mmap(PAGE)
+        self.uva = self.t.mmap(1 << 32)   # every length mapped here: a domain pins the pages (EFAULT past the buffer)
         self.ids: dict[str, int] = {}
         self.cdevs: dict[str, VfioDevice] = {}
         self.groups: dict[str, VfioGroup] = {}
