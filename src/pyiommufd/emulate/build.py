@@ -33,7 +33,8 @@ def interposer(cc: str | None = None) -> Path:
     out = cache_dir() / key / LIBNAME
     if out.exists():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    cache_dir().mkdir(parents=True, exist_ok=True, mode=0o700)   # per user: nobody else writes here
+    out.parent.mkdir(exist_ok=True, mode=0o700)
     tmp = out.with_suffix(f".tmp{os.getpid()}")
     r = subprocess.run([exe, *CFLAGS, "-o", str(tmp), str(SOURCE), "-ldl"], capture_output=True, text=True)
     if r.returncode:

@@ -103,7 +103,9 @@ class Recorder:
                 self.names[out["out_devid"]] = dev
         elif dev is not None and req == uapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT:
             step = {"op": "attach", "device": dev, "pt": self._name(cmd["pt_id"])}
-            if ok and out["pt_id"] != cmd["pt_id"]:
+            if ok and out["pt_id"] in self.names and out["pt_id"] != cmd["pt_id"]:
+                expect["pt"] = self.names[out["pt_id"]]     # landed in a HWPT seen before
+            elif ok and out["pt_id"] != cmd["pt_id"]:
                 self.names[out["pt_id"]] = step["as"] = f"hwpt{out['pt_id']}"
         elif dev is not None and req == uapi.VFIO_DEVICE_DETACH_IOMMUFD_PT:
             step = {"op": "detach", "device": dev}
