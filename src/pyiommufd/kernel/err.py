@@ -7,12 +7,15 @@ class KernelErr(Exception):
 
     ``detail`` says which check failed (the kernel says nothing; the emulator does,
     to help the reader).  ``partial`` carries a byte count for ioctls that do part of
-    their work before failing (IOAS_UNMAP)."""
+    their work before failing (IOAS_UNMAP).  ``respond``: the handler called
+    iommufd_ucmd_respond before failing (HWPT_INVALIDATE's entry_num), so the ioctl
+    copies the struct back although it returns the error."""
 
-    __slots__ = ("errno", "detail", "partial")
+    __slots__ = ("errno", "detail", "partial", "respond")
 
-    def __init__(self, err: int, detail: str = "", partial: int | None = None):
+    def __init__(self, err: int, detail: str = "", partial: int | None = None, respond: bool = False):
         super().__init__(err, detail)
         self.errno = err
         self.detail = detail
         self.partial = partial
+        self.respond = respond

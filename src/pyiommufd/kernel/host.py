@@ -321,6 +321,8 @@ class Host:
                 vfio.physical_unbind(self, f.dev)
         elif f.kind == "group-device":
             vfio.physical_unbind(self, f.dev)
+        elif f.kind == "fault":
+            f.release(self)
         if self.kvm is not None and f.kind in ("cdev", "group", "group-device"):
             kvmmod.update_coherency(self, self.kvm)
 
@@ -376,7 +378,12 @@ class Host:
             cmd, n = kstruct.from_buffer_copy(mv), ksize
         else:
             cmd, n = kstruct.from_buffer_copy(bytes(mv[:user_size]) + bytes(ksize - user_size)), user_size
-        handler(ctx, cmd)
+        try:
+            handler(ctx, cmd)
+        except KernelErr as e:
+            if e.respond:
+                mv[:n] = memoryview(cmd).cast("B")[:n]
+            raise
         mv[:n] = memoryview(cmd).cast("B")[:n]   # iommufd_ucmd_respond: min(user_size, struct size)
         return 0
 
@@ -405,7 +412,12 @@ class Host:
             raise KernelErr(errno.E2BIG, "non-zero bytes past the kernel's struct")
         n = min(user_size, ksize)
         cmd = kstruct.from_buffer_copy(bytes(mv[:n]) + bytes(ksize - n))
-        handler(ctx, cmd)
+        try:
+            handler(ctx, cmd)
+        except KernelErr as e:
+            if e.respond:
+                mv[:n] = bytes(cmd)[:n]
+            raise
         mv[:n] = bytes(cmd)[:n]   # iommufd_ucmd_respond: min(user_size, struct size)
         return 0
 

@@ -102,7 +102,7 @@ class MockDriver(Driver):
                      user_data=None) -> Domain:
         """mock_domain_alloc_user (and mock_domain_alloc_paging when flags == 0 and no data).
 
-        ``user_data``: (type, bytes from the user, len) or None."""
+        ``user_data``: a UserData (struct iommu_user_data) or None."""
         if parent is None:
             if flags & ~(uapi.IOMMU_HWPT_ALLOC_NEST_PARENT | uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING):
                 raise KernelErr(errno.EOPNOTSUPP, f"mock: unsupported flags {flags:#x}")
@@ -114,12 +114,11 @@ class MockDriver(Driver):
             dom.nest_parent = bool(flags & uapi.IOMMU_HWPT_ALLOC_NEST_PARENT)
             dom.dirty_ops = dirty
             return dom
-        dtype, data = user_data if user_data is not None else (None, b"")
-        if dtype != uapi.IOMMU_HWPT_DATA_SELFTEST or flags:
+        if user_data is None or user_data.type != uapi.IOMMU_HWPT_DATA_SELFTEST or flags:
             raise KernelErr(errno.EOPNOTSUPP, "mock nested domain: data_type must be IOMMU_HWPT_DATA_SELFTEST")
         if not isinstance(parent, MockDomain) or parent.kind != "paging":
             raise KernelErr(errno.EINVAL, "mock nested domain: parent is not a mock paging domain")
-        cfg = uapi.iommu_hwpt_selftest.from_buffer_copy(data)
+        cfg = user_data.copy(self.host, uapi.iommu_hwpt_selftest, uapi.IOMMU_HWPT_DATA_SELFTEST, "iotlb")
         self.host.domain_serial += 1
         dom = MockDomain(self.host.domain_serial, kind="nested", parent=parent)
         dom.iotlb = [cfg.iotlb] * uapi.MOCK_NESTED_DOMAIN_IOTLB_NUM
