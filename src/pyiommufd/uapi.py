@@ -89,7 +89,30 @@ VFIO_GROUP_GET_DEVICE_FD = _IO(VFIO_TYPE, VFIO_BASE + 6)
 VFIO_DEVICE_BIND_IOMMUFD = _IO(VFIO_TYPE, VFIO_BASE + 18)
 VFIO_DEVICE_ATTACH_IOMMUFD_PT = _IO(VFIO_TYPE, VFIO_BASE + 19)
 VFIO_DEVICE_DETACH_IOMMUFD_PT = _IO(VFIO_TYPE, VFIO_BASE + 20)
+VFIO_SET_IOMMU = _IO(VFIO_TYPE, VFIO_BASE + 2)
+VFIO_IOMMU_GET_INFO = _IO(VFIO_TYPE, VFIO_BASE + 12)
+VFIO_IOMMU_MAP_DMA = _IO(VFIO_TYPE, VFIO_BASE + 13)
+VFIO_IOMMU_UNMAP_DMA = _IO(VFIO_TYPE, VFIO_BASE + 14)
+VFIO_IOMMU_DIRTY_PAGES = _IO(VFIO_TYPE, VFIO_BASE + 17)
+VFIO_API_VERSION = 0
+# VFIO_CHECK_EXTENSION / VFIO_SET_IOMMU values
+VFIO_TYPE1_IOMMU = 1
+VFIO_TYPE1v2_IOMMU = 3
 VFIO_DMA_CC_IOMMU = 4  # extension: "is DMA through this container cache coherent"
+VFIO_TYPE1_NESTING_IOMMU = 6
+VFIO_NOIOMMU_IOMMU = 8
+VFIO_UNMAP_ALL = 9
+VFIO_UPDATE_VADDR = 10
+VFIO_DMA_MAP_FLAG_READ = 1 << 0
+VFIO_DMA_MAP_FLAG_WRITE = 1 << 1
+VFIO_DMA_MAP_FLAG_VADDR = 1 << 2
+VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP = 1 << 0
+VFIO_DMA_UNMAP_FLAG_ALL = 1 << 1
+VFIO_DMA_UNMAP_FLAG_VADDR = 1 << 2
+VFIO_IOMMU_INFO_PGSIZES = 1 << 0
+VFIO_IOMMU_INFO_CAPS = 1 << 1
+VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE = 1
+VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL = 3
 
 # --- flags and enums --------------------------------------------------------------
 IOMMU_IOAS_MAP_FIXED_IOVA = 1 << 0
@@ -115,6 +138,12 @@ IOMMU_HW_INFO_TYPE_INTEL_VTD = 1
 IOMMU_HW_CAP_DIRTY_TRACKING = 1 << 0
 
 IOMMU_VFIO_IOAS_GET, IOMMU_VFIO_IOAS_SET, IOMMU_VFIO_IOAS_CLEAR = 0, 1, 2
+
+# enum iommufd_option / enum iommufd_option_ops
+IOMMU_OPTION_RLIMIT_MODE = 0
+IOMMU_OPTION_HUGE_PAGES = 1
+IOMMU_OPTION_OP_SET = 0
+IOMMU_OPTION_OP_GET = 1
 
 # Intel VT-d extended capability register, bit 7: Snoop Control (ecap_sc_support,
 # drivers/iommu/intel/iommu.h).
@@ -155,6 +184,37 @@ class iommu_ioas_map(_Struct):
 class iommu_ioas_unmap(_Struct):
     """struct iommu_ioas_unmap { __u32 size, ioas_id; __aligned_u64 iova, length; };"""
     _fields_ = [("size", u32), ("ioas_id", u32), ("iova", u64), ("length", u64)]
+
+
+class iommu_iova_range(_Struct):
+    """struct iommu_iova_range { __aligned_u64 start; __aligned_u64 last; };"""
+    _fields_ = [("start", u64), ("last", u64)]
+
+
+class iommu_ioas_iova_ranges(_Struct):
+    """struct iommu_ioas_iova_ranges { __u32 size, ioas_id, num_iovas, __reserved;
+    __aligned_u64 allowed_iovas, out_iova_alignment; };"""
+    _fields_ = [("size", u32), ("ioas_id", u32), ("num_iovas", u32), ("__reserved", u32),
+                ("allowed_iovas", u64), ("out_iova_alignment", u64)]
+
+
+class iommu_ioas_allow_iovas(_Struct):
+    """struct iommu_ioas_allow_iovas { __u32 size, ioas_id, num_iovas, __reserved; __aligned_u64 allowed_iovas; };"""
+    _fields_ = [("size", u32), ("ioas_id", u32), ("num_iovas", u32), ("__reserved", u32),
+                ("allowed_iovas", u64)]
+
+
+class iommu_ioas_copy(_Struct):
+    """struct iommu_ioas_copy { __u32 size, flags, dst_ioas_id, src_ioas_id;
+    __aligned_u64 length, dst_iova, src_iova; };"""
+    _fields_ = [("size", u32), ("flags", u32), ("dst_ioas_id", u32), ("src_ioas_id", u32),
+                ("length", u64), ("dst_iova", u64), ("src_iova", u64)]
+
+
+class iommu_option(_Struct):
+    """struct iommu_option { __u32 size, option_id; __u16 op, __reserved; __u32 object_id; __aligned_u64 val64; };"""
+    _fields_ = [("size", u32), ("option_id", u32), ("op", u16), ("__reserved", u16), ("object_id", u32),
+                ("val64", u64)]
 
 
 class iommu_vfio_ioas(_Struct):
@@ -222,6 +282,42 @@ class vfio_device_attach_iommufd_pt(_Struct):
 class vfio_device_detach_iommufd_pt(_Struct):
     """struct vfio_device_detach_iommufd_pt { __u32 argsz, flags; };"""
     _fields_ = [("argsz", u32), ("flags", u32)]
+
+
+class vfio_iommu_type1_info(_Struct):
+    """struct vfio_iommu_type1_info { __u32 argsz, flags; __aligned_u64 iova_pgsizes; __u32 cap_offset, pad; };"""
+    _fields_ = [("argsz", u32), ("flags", u32), ("iova_pgsizes", u64), ("cap_offset", u32), ("pad", u32)]
+
+
+class vfio_info_cap_header(_Struct):
+    """struct vfio_info_cap_header { __u16 id, version; __u32 next; };"""
+    _fields_ = [("id", u16), ("version", u16), ("next", u32)]
+
+
+class vfio_iova_range(_Struct):
+    """struct vfio_iova_range { __u64 start, end; };"""
+    _fields_ = [("start", u64), ("end", u64)]
+
+
+class vfio_iommu_type1_info_cap_iova_range(_Struct):
+    """struct vfio_iommu_type1_info_cap_iova_range { struct vfio_info_cap_header header; __u32 nr_iovas, reserved;
+    struct vfio_iova_range iova_ranges[]; };  (the flexible array follows the 16-byte head)"""
+    _fields_ = [("header", vfio_info_cap_header), ("nr_iovas", u32), ("reserved", u32)]
+
+
+class vfio_iommu_type1_info_dma_avail(_Struct):
+    """struct vfio_iommu_type1_info_dma_avail { struct vfio_info_cap_header header; __u32 avail; };"""
+    _fields_ = [("header", vfio_info_cap_header), ("avail", u32)]
+
+
+class vfio_iommu_type1_dma_map(_Struct):
+    """struct vfio_iommu_type1_dma_map { __u32 argsz, flags; __u64 vaddr, iova, size; };"""
+    _fields_ = [("argsz", u32), ("flags", u32), ("vaddr", u64), ("iova", u64), ("size", u64)]
+
+
+class vfio_iommu_type1_dma_unmap(_Struct):
+    """struct vfio_iommu_type1_dma_unmap { __u32 argsz, flags; __u64 iova, size; __u8 data[]; };"""
+    _fields_ = [("argsz", u32), ("flags", u32), ("iova", u64), ("size", u64)]
 
 
 class vfio_group_fd(_Struct):
@@ -398,6 +494,10 @@ IOMMUFD_MIN_FIELD = {
     IOMMUFD_CMD_IOAS_ALLOC: (iommu_ioas_alloc, "out_ioas_id"),
     IOMMUFD_CMD_IOAS_MAP: (iommu_ioas_map, "iova"),
     IOMMUFD_CMD_IOAS_UNMAP: (iommu_ioas_unmap, "length"),
+    IOMMUFD_CMD_IOAS_IOVA_RANGES: (iommu_ioas_iova_ranges, "out_iova_alignment"),
+    IOMMUFD_CMD_IOAS_ALLOW_IOVAS: (iommu_ioas_allow_iovas, "allowed_iovas"),
+    IOMMUFD_CMD_IOAS_COPY: (iommu_ioas_copy, "src_iova"),
+    IOMMUFD_CMD_OPTION: (iommu_option, "val64"),
     IOMMUFD_CMD_VFIO_IOAS: (iommu_vfio_ioas, "__reserved"),
     IOMMUFD_CMD_HWPT_ALLOC: (iommu_hwpt_alloc, "__reserved"),
     IOMMUFD_CMD_GET_HW_INFO: (iommu_hw_info, "__reserved"),

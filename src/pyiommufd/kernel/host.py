@@ -15,13 +15,13 @@ import errno
 from .. import uapi
 from ..errors import EmulationGap
 from . import device as idevice
-from . import hw_pagetable, ioas, kvm as kvmmod, selftest, vfio
+from . import hw_pagetable, ioas, kvm as kvmmod, selftest, selftest_pages, vfio, vfio_compat
 from .drivers import DRIVERS
 from .drivers.mock import MockDev, MockDriver
 from .drivers.base import Domain
 from .err import KernelErr
 from .iommu import IommuGroup
-from .main import IommufdCtx
+from .main import IommufdCtx, iommufd_option
 
 # First release of each iommufd command (nr -> (introduced, handler or None = not modelled)).
 _IOMMUFD_OPS = {
@@ -42,7 +42,23 @@ _MIN_FIELD_FIRST_VERSION = {  # IOCTL_OP(..., _last): min_size = offsetofend of 
     uapi.IOMMUFD_CMD_HWPT_ALLOC: (uapi.iommu_hwpt_alloc_v6_6, "__reserved"),
     uapi.IOMMUFD_CMD_GET_HW_INFO: (uapi.iommu_hw_info_v6_6, "__reserved"),
     uapi.IOMMUFD_CMD_TEST: (uapi.iommu_test_cmd, "last"),
+    uapi.IOMMUFD_CMD_IOAS_IOVA_RANGES: (uapi.iommu_ioas_iova_ranges, "out_iova_alignment"),
+    uapi.IOMMUFD_CMD_IOAS_ALLOW_IOVAS: (uapi.iommu_ioas_allow_iovas, "allowed_iovas"),
+    uapi.IOMMUFD_CMD_IOAS_COPY: (uapi.iommu_ioas_copy, "src_iova"),
+    uapi.IOMMUFD_CMD_OPTION: (uapi.iommu_option, "val64"),
 }
+
+# How the caller's ioctl argument reaches Host.ioctl (``pyiommufd emulate``'s server builds
+# ``buf`` by these rules; in-process callers do the same):
+#  * ARG_IS_VALUE: the kernel uses ``arg`` itself as a number (VFIO_SET_IOMMU and
+#    VFIO_CHECK_EXTENSION on an iommufd, VFIO_GET_API_VERSION ignores it): ``buf`` holds the
+#    8-byte little-endian value of arg.
+#  * ARGSZ_MINSZ: VFIO type1 requests whose struct starts with ``__u32 argsz``: ``buf`` is the
+#    caller's memory at arg, max(argsz, minsz) bytes (the kernel copies minsz in, and
+#    VFIO_IOMMU_GET_INFO writes its capability chain anywhere below argsz).
+#  * iommufd commands: ``buf`` is the struct at arg, ``size`` bytes (its first u32).
+ARG_IS_VALUE = frozenset({uapi.VFIO_GET_API_VERSION, uapi.VFIO_CHECK_EXTENSION, uapi.VFIO_SET_IOMMU})
+ARGSZ_MINSZ = vfio_compat.ARGSZ_MINSZ
 
 
 def _version(v: str | None) -> tuple[int, int]:
@@ -72,7 +88,11 @@ def _iommufd_op_table(profile) -> dict:
                     uapi.IOMMUFD_CMD_IOAS_MAP: (ioas.ioas_map, uapi.iommu_ioas_map),
                     uapi.IOMMUFD_CMD_IOAS_UNMAP: (ioas.ioas_unmap, uapi.iommu_ioas_unmap),
                     uapi.IOMMUFD_CMD_VFIO_IOAS: (ioas.vfio_ioas, uapi.iommu_vfio_ioas),
-                    uapi.IOMMUFD_CMD_TEST: (selftest.iommufd_test, uapi.iommu_test_cmd)}
+                    uapi.IOMMUFD_CMD_TEST: (selftest.iommufd_test, uapi.iommu_test_cmd),
+                    uapi.IOMMUFD_CMD_IOAS_IOVA_RANGES: (ioas.ioas_iova_ranges, uapi.iommu_ioas_iova_ranges),
+                    uapi.IOMMUFD_CMD_IOAS_ALLOW_IOVAS: (ioas.ioas_allow_iovas, uapi.iommu_ioas_allow_iovas),
+                    uapi.IOMMUFD_CMD_IOAS_COPY: (ioas.ioas_copy, uapi.iommu_ioas_copy),
+                    uapi.IOMMUFD_CMD_OPTION: (iommufd_option, uapi.iommu_option)}
         if profile.hwpt_alloc is not None:
             handlers[uapi.IOMMUFD_CMD_HWPT_ALLOC] = (hw_pagetable.hwpt_alloc,
                                                      uapi.HWPT_ALLOC_LAYOUTS[profile.hwpt_alloc])
@@ -130,6 +150,10 @@ class UserMemory:
         self.maps[addr] = size
         self.next_addr += size + 4096             # a guard page between mappings
         return addr
+
+    def probe(self, addr: int, length: int) -> None:
+        """Is [addr, addr+length) mapped?  KernelErr(EFAULT) if not (pin_user_pages without data)."""
+        self._check(addr, length)
 
     def _check(self, addr: int, length: int) -> None:
         if not any(base <= addr and addr + length <= base + size for base, size in self.maps.items()):
@@ -193,6 +217,11 @@ class Host:
         self.domain_serial = 0
         self.fail_nth = 0      # fail the Nth fallible step (0: never), as iommufd_fail_nth does
         self.fallible_count = 0
+        # Kernel configuration and caller privileges the model consults (SPEC.md section 12):
+        self.thp = False               # CONFIG_TRANSPARENT_HUGEPAGE: iopt_alloc_iova aligns up to 2 MiB
+        self.cap_ipc_lock = True       # root: pinned pages are not charged to RLIMIT_MEMLOCK
+        self.cap_sys_resource = True   # root: IOMMU_OPTION_RLIMIT_MODE may be set
+        self.test_memory_limit = 65536  # selftest.c iommufd_test_memory_limit (module-wide)
 
     # -- bookkeeping ---------------------------------------------------------------
     def new_domain(self, driver: str, **kw) -> Domain:
@@ -321,7 +350,7 @@ class Host:
                 vfio.physical_unbind(self, f.dev)
         elif f.kind == "group-device":
             vfio.physical_unbind(self, f.dev)
-        elif f.kind == "fault":
+        elif hasattr(f, "release"):   # file_operations.release of other emulated files
             f.release(self)
         if self.kvm is not None and f.kind in ("cdev", "group", "group-device"):
             kvmmod.update_coherency(self, self.kvm)
@@ -381,7 +410,7 @@ class Host:
         try:
             handler(ctx, cmd)
         except KernelErr as e:
-            if e.respond:
+            if e.respond:   # the handler responded, then failed (IOAS_IOVA_RANGES' EMSGSIZE)
                 mv[:n] = memoryview(cmd).cast("B")[:n]
             raise
         mv[:n] = memoryview(cmd).cast("B")[:n]   # iommufd_ucmd_respond: min(user_size, struct size)
@@ -393,8 +422,10 @@ class Host:
         nr = uapi.ioc_nr(request)
         intro = _IOMMUFD_OPS.get(nr)
         kernel = _version(self.profile.kernel)
+        if nr < uapi.IOMMUFD_CMD_BASE or nr > uapi.IOMMUFD_CMD_TEST:
+            return vfio_compat.vfio_ioctl(ctx, request, buf)   # iommufd_vfio_ioctl
         if intro is None or _version(intro) > kernel:
-            raise KernelErr(errno.ENOTTY, "unknown iommufd ioctl for this kernel")   # -> iommufd_vfio_ioctl
+            raise KernelErr(errno.ENOTTY, "unknown iommufd ioctl for this kernel")
         if request != uapi._IO(uapi.IOMMUFD_TYPE, nr):
             raise KernelErr(errno.ENOTTY, "request number has direction/size bits")   # -ENOIOCTLCMD
         mv = memoryview(buf).cast("B")
@@ -439,6 +470,14 @@ class Host:
             return (lambda ctx, cmd: idevice.get_hw_info(ctx, cmd, self.mem)), uapi.HW_INFO_LAYOUTS[p.hw_info]
         if nr == uapi.IOMMUFD_CMD_TEST:
             return selftest.iommufd_test, uapi.iommu_test_cmd
+        if nr == uapi.IOMMUFD_CMD_IOAS_IOVA_RANGES:
+            return ioas.ioas_iova_ranges, uapi.iommu_ioas_iova_ranges
+        if nr == uapi.IOMMUFD_CMD_IOAS_ALLOW_IOVAS:
+            return ioas.ioas_allow_iovas, uapi.iommu_ioas_allow_iovas
+        if nr == uapi.IOMMUFD_CMD_IOAS_COPY:
+            return ioas.ioas_copy, uapi.iommu_ioas_copy
+        if nr == uapi.IOMMUFD_CMD_OPTION:
+            return iommufd_option, uapi.iommu_option
         raise EmulationGap(f"{uapi.request_name(uapi._IO(uapi.IOMMUFD_TYPE, nr))} is not modelled by the emulator")
 
     def _cdev_ioctl(self, f, request: int, buf) -> int:
