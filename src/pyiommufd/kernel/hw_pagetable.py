@@ -6,9 +6,14 @@ from __future__ import annotations
 import errno
 
 from .. import uapi
+from ..errors import EmulationGap
+from . import dirty
+from .drivers import mock
 from .err import KernelErr
-from .iommu import UserData
+from .iommu import UserData, UserDataArray
 from .main import OBJ_DEVICE, OBJ_FAULT, OBJ_HWPT_NESTED, OBJ_HWPT_PAGING, OBJ_IOAS, IommufdCtx, Obj
+
+PAGE_SIZE = 4096
 
 
 class HwptPaging(Obj):
@@ -226,6 +231,56 @@ def abort_hwpt(ctx: IommufdCtx, hwpt) -> None:
     else:
         HwptNested.destroy(hwpt, ctx)
         ctx.abort(hwpt)
+
+
+# -- HWPT ioctls on an existing HWPT --------------------------------------------------------------
+def hwpt_set_dirty_tracking(ctx: IommufdCtx, cmd) -> None:
+    """IOMMU_HWPT_SET_DIRTY_TRACKING: iommufd_hwpt_set_dirty_tracking (6.7+): unknown flags
+    EOPNOTSUPP, a paging HWPT (ENOENT), iopt_set_dirty_tracking.  __reserved is not checked."""
+    if cmd.flags & ~uapi.IOMMU_HWPT_DIRTY_TRACKING_ENABLE:
+        raise KernelErr(errno.EOPNOTSUPP, f"unknown flags {cmd.flags:#x}")
+    hwpt = ctx.get(cmd.hwpt_id, OBJ_HWPT_PAGING)
+    dirty.set_dirty_tracking(ctx.host, hwpt.ioas.iopt, hwpt.domain,
+                             bool(cmd.flags & uapi.IOMMU_HWPT_DIRTY_TRACKING_ENABLE))
+
+
+def hwpt_get_dirty_bitmap(ctx: IommufdCtx, cmd) -> None:
+    """IOMMU_HWPT_GET_DIRTY_BITMAP: iommufd_hwpt_get_dirty_bitmap (6.7+): flags other than
+    NO_CLEAR or __reserved -> EOPNOTSUPP, a paging HWPT (ENOENT), iopt_read_and_clear_dirty_data."""
+    if cmd.flags & ~uapi.IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR or getattr(cmd, "__reserved"):
+        raise KernelErr(errno.EOPNOTSUPP, "unknown flags or non-zero __reserved")
+    hwpt = ctx.get(cmd.hwpt_id, OBJ_HWPT_PAGING)
+    dirty.read_and_clear_dirty_data(ctx.host, hwpt.ioas.iopt, hwpt.domain, cmd.flags, cmd)
+
+
+INVALIDATE_ENTRY_NUM_MAX = 1 << 19   # IOMMU_HWPT_INVALIDATE_ENTRY_NUM_MAX (6.12.117)
+
+
+def hwpt_invalidate(ctx: IommufdCtx, cmd) -> None:
+    """IOMMU_HWPT_INVALIDATE: iommufd_hwpt_invalidate (6.8+, 6.12.117).  __reserved EOPNOTSUPP;
+    entries but no data_uptr, entry_len 0 or above PAGE_SIZE, or more than 2^19 -> EINVAL; a
+    nested HWPT (ENOENT); the driver's cache_invalidate_user.  entry_num is written back with
+    the number of entries handled whatever the outcome (the struct is always responded)."""
+    done = 0
+    try:
+        if getattr(cmd, "__reserved"):
+            raise KernelErr(errno.EOPNOTSUPP, "non-zero __reserved")
+        if cmd.entry_num and (not cmd.data_uptr or not cmd.entry_len or cmd.entry_len > PAGE_SIZE
+                              or cmd.entry_num > INVALIDATE_ENTRY_NUM_MAX):
+            raise KernelErr(errno.EINVAL, "entries without data_uptr, or entry_len/entry_num out of range")
+        hwpt = ctx.get(cmd.hwpt_id, OBJ_HWPT_NESTED)
+        array = UserDataArray(cmd.data_type, cmd.data_uptr, cmd.entry_len, cmd.entry_num)
+        try:
+            if hwpt.domain.driver != "mock":
+                raise EmulationGap(f"cache_invalidate_user of {hwpt.domain.driver} nested domains is not modelled")
+            mock.cache_invalidate_user(ctx.host, hwpt.domain, array)
+        finally:
+            done = array.entry_num
+    except KernelErr as e:
+        cmd.entry_num = done
+        e.respond = True
+        raise
+    cmd.entry_num = done
 
 
 def hwpt_put(ctx: IommufdCtx, hwpt) -> None:
