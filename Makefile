@@ -14,7 +14,9 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/pyiommufd demo
 
+# The kernel's iommufd selftest runs on the emulator in the tests: its source comes from Debian.
 test: $(VENV)/.installed
+	sh src/pyiommufd/emulate/install-deps.sh
 	$(PY) -m pytest -m "not conform"
 
 # Real Linux 6.12 in QEMU vs the emulator: installs the Debian packages it needs (apt-get, once),

@@ -298,6 +298,27 @@ def cmd_bench(args, out: Console, err: Console) -> int:
     return 0
 
 
+def cmd_emulate(args, out: Console, err: Console) -> int:
+    from . import emulate
+    from .profiles import get_profile
+    from .system import System, Unit
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise UsageError("emulate needs a command after '--' (e.g. pyiommufd emulate -- ./my-vmm)")
+    scenario_profile = None
+    if args.system:
+        from .scenario import load
+        sc = load(args.system)
+        system, scenario_profile = sc.system, sc.profile
+    else:   # only what the program makes itself (IOMMU_TEST_CMD mock devices)
+        system = System(iommu="mock", units=(Unit("mock0"),))
+    profile = get_profile(_profile_arg(args, scenario_profile))
+    return emulate.run(cmd, system, profile, trace=args.trace, record=args.record, system_path=args.system,
+                       quiet=args.quiet)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pyiommufd", description="Drive Linux iommufd, real or emulated, and answer cache-coherency "
                 "questions by running them.  Start with: pyiommufd demo",
@@ -469,6 +490,31 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="machine output on stdout (progress stays on stderr)")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     b.set_defaults(fn=cmd_bench)
+
+    m = sub.add_parser("emulate", help="run a real program (C, Rust, Python...) on the emulated kernel",
+                       description="Run CMD and its children with /dev/iommu and /dev/vfio/... served by the "
+                       "emulated kernel of a profile, through an LD_PRELOAD interposer built with the system C "
+                       "compiler on first use (cached in ~/.cache/pyiommufd/emulate).  Everything else the "
+                       "program does is real.  Exit status: CMD's own (128+N if it died of signal N); 2 usage or "
+                       "a bad --system file; 3 the interposer cannot be built or loaded.",
+                       epilog="examples:\n"
+                       "  pyiommufd emulate -- ./iommufd                      # the kernel's selftest, mock devices\n"
+                       "  pyiommufd emulate --system scenarios/thread/noncc-first.toml -- ./my-vmm\n"
+                       "  pyiommufd emulate --kernel 6.2 --system sys.toml --trace calls.jsonl -- ./my-vmm\n"
+                       "  pyiommufd emulate --system sys.toml --record replay.toml -- ./my-vmm && "
+                       "pyiommufd explore replay.toml\n\n"
+                       "--system FILE: a scenario file (its [system] and [[devices]] are used) or a file with only "
+                       "those tables; device N of [[devices]] is /dev/vfio/devices/vfioN (6.6+) or its group is "
+                       "/dev/vfio/N (6.2-6.5).  The mapping is printed on stderr.  See docs/emulate.md.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _profile_opts(m)
+    m.add_argument("--system", metavar="FILE", help="the machine: devices, units, groups (default: none; "
+                   "programs make IOMMU_TEST_CMD mock devices themselves)")
+    m.add_argument("--trace", metavar="OUT.jsonl", help="one JSON object per emulated call")
+    m.add_argument("--record", metavar="OUT.toml", help="write a scenario file replaying the program's calls")
+    m.add_argument("-q", "--quiet", action="store_true", help="do not print the device mapping on stderr")
+    m.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]", help="the program to run")
+    m.set_defaults(fn=cmd_emulate)
     return p
 
 

@@ -1,0 +1,524 @@
+"""The emulator side of ``pyiommufd emulate``: a Unix-socket server that runs the one kernel
+model (kernel.host.Host) for real programs loaded with the interposer (preload.c).
+
+It sits on the transport seam only: a call arrives as (file, request, arg), the server reads
+the argument from the client's memory as the kernel's ioctl entry points copy it
+(iommufd_fops_ioctl: the ``size`` field, then min(size, struct) bytes and a zero check of the
+rest; VFIO: the struct head up to ``argsz``), hands the bytes to ``Host.ioctl`` -- the same
+entry point the Python client's EmulatedTransport uses -- and writes back what changed.
+Pointers inside structs are read and written by the model itself through ``host.mem``,
+which here is the calling process's real memory (ClientMemory); fds named inside structs
+go through ``host.fds`` (ClientFds: the client passes the file itself).
+
+The server is single-threaded: one call runs at a time, like a big kernel lock.  A client
+that dies in the middle of a call turns into EFAULT inside the model (whose error paths undo
+the call, as the kernel's do) and gets no answer.
+"""
+from __future__ import annotations
+
+import array
+import errno
+import os
+import selectors
+import socket
+import struct
+import sys
+import time
+
+from .. import uapi
+from ..errors import EmulationGap
+from ..kernel import host as khost
+from ..kernel.err import KernelErr
+from ..kernel.main import IommufdCtx
+from . import protocol as P
+
+CAP = 64 * 1024          # bytes of an iommufd struct read at most; beyond, the tail is zero-checked
+VFIO_HEAD = 4096         # VFIO structs: the head read (the handler takes its minsz of it)
+CALL_TIMEOUT = 30.0      # a client silent this long in the middle of a call is treated as gone
+UCRED = struct.Struct("iII")
+
+
+class ClientGone(KernelErr):
+    """The client hung up or stopped answering during a call: EFAULT inside the model."""
+
+    def __init__(self, detail: str = "client gone"):
+        super().__init__(errno.EFAULT, detail)
+
+
+class Conn:
+    """One connection: a call channel, or an emulated file (``host_fd`` set)."""
+
+    __slots__ = ("sock", "pid", "host_fd", "path", "ino", "dead")
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        cred = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, UCRED.size)
+        self.pid = UCRED.unpack(cred)[0]     # from the connection, never from a message
+        self.host_fd = None
+        self.path = None
+        self.ino = None
+        self.dead = False
+
+    def send(self, type_: int, a: int = 0, b: int = 0, c: int = 0, payload: bytes = b"", fds=()) -> None:
+        msg = [P.HDR.pack(type_, len(payload), a, b, c) + payload]
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        try:
+            self.sock.sendmsg(msg, anc)
+        except OSError as e:
+            self.dead = True
+            raise ClientGone(f"send: {e}") from None
+
+    def recv(self, timeout: float | None = CALL_TIMEOUT):
+        """One message: (type, a, b, c, payload, fds).  ClientGone on EOF, error or timeout."""
+        self.sock.settimeout(timeout)
+        try:
+            data, anc, _flags, _ = self.sock.recvmsg(P.HDR.size + P.MAXMSG,
+                                                     socket.CMSG_SPACE(4 * 4))
+        except (OSError, socket.timeout) as e:
+            self.dead = True
+            raise ClientGone(f"recv: {e}") from None
+        fds = []
+        for level, kind, cdata in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                arr = array.array("i")
+                arr.frombytes(cdata[:len(cdata) - len(cdata) % 4])
+                fds.extend(arr)
+        if len(data) < P.HDR.size:
+            for fd in fds:
+                os.close(fd)
+            self.dead = True
+            raise ClientGone("connection closed")
+        type_, length, a, b, c = P.HDR.unpack_from(data)
+        return type_, a, b, c, data[P.HDR.size:P.HDR.size + length], fds
+
+
+class ClientMemory:
+    """copy_from_user / copy_to_user on the calling process: ``host.mem`` during a call.
+    Reads inside the prefetched head of the argument cost nothing; the rest is asked for."""
+
+    def __init__(self, conn: Conn, base: int, head: bytes):
+        self.conn, self.base, self.head = conn, base, head
+
+    def _ask(self, addr: int, length: int, partial: bool) -> bytes:
+        out = bytearray()
+        while len(out) < length:
+            n = min(P.MAXMSG, length - len(out))
+            self.conn.send(P.S_READ, addr + len(out), n, int(partial))
+            type_, err, _b, _c, data, _fds = self.conn.recv()
+            if type_ != P.C_DATA:
+                raise ClientGone("protocol error: expected C_DATA")
+            if err:
+                raise KernelErr(err, f"user address {addr + len(out):#x} not readable")
+            out += data
+            if partial and len(data) < n:
+                break
+        return bytes(out)
+
+    def read(self, addr: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        off = addr - self.base
+        if 0 <= off and off + length <= len(self.head):
+            return self.head[off:off + length]
+        if addr < 0 or addr + length > 1 << 64:
+            raise KernelErr(errno.EFAULT, f"user address {addr:#x} out of range")
+        return self._ask(addr, length, False)
+
+    def read_upto(self, addr: int, length: int) -> bytes:
+        """As many bytes as are readable from ``addr``, up to ``length``."""
+        off = addr - self.base
+        if off == 0 and length <= len(self.head):
+            return self.head[:length]
+        return self._ask(addr, length, True)
+
+    def write(self, addr: int, data: bytes) -> None:
+        for i in range(0, len(data), P.MAXMSG):
+            chunk = bytes(data[i:i + P.MAXMSG])
+            self.conn.send(P.S_WRITE, addr + i, payload=chunk)
+            type_, err, *_ = self.conn.recv()
+            if type_ != P.C_RET:
+                raise ClientGone("protocol error: expected C_RET")
+            if err:
+                raise KernelErr(err, f"user address {addr + i:#x} not writable")
+        off = addr - self.base   # keep the cached head coherent with what was written
+        if off < len(self.head) and off + len(data) > 0:
+            head = bytearray(self.head)
+            lo, hi = max(off, 0), min(off + len(data), len(head))
+            head[lo:hi] = data[lo - off:hi - off]
+            self.head = bytes(head)
+
+    def zeroed(self, addr: int, length: int) -> bool:
+        """check_zeroed_user: True if all zero, KernelErr(EFAULT) if unreadable."""
+        self.conn.send(P.S_ZERO, addr, length)
+        type_, err, zero, *_ = self.conn.recv()
+        if type_ != P.C_RET:
+            raise ClientGone("protocol error: expected C_RET")
+        if err:
+            raise KernelErr(err, f"user address range at {addr:#x} not readable")
+        return bool(zero)
+
+
+class ClientFds:
+    """The calling process's fd table (``host.fds`` during a call): fdget asks the client for
+    the file itself; fd_install sends it a new one and learns the number it got."""
+
+    def __init__(self, server: "Server", conn: Conn):
+        self.server, self.conn = server, conn
+
+    def resolve(self, n: int) -> int:
+        self.conn.send(P.S_GETFD, n)
+        type_, err, _b, _c, _p, fds = self.conn.recv()
+        if type_ != P.C_RET:
+            raise ClientGone("protocol error: expected C_RET")
+        if err or not fds:
+            raise KernelErr(errno.EBADF, f"fd {n} is not open")
+        entry = self.server.file_of(fds[0])
+        if entry is None:   # an open file that is not ours: no iommufd, no VFIO file
+            raise KernelErr(errno.EBADFD, f"fd {n} is not an emulated file")
+        return entry.host_fd
+
+    def install(self, host_fd: int) -> int:
+        client = self.server.new_file_socket(host_fd)
+        try:
+            self.conn.send(P.S_NEWFD, 1, fds=[client.fileno()])
+        finally:
+            client.close()
+        type_, err, number, *_ = self.conn.recv()
+        if type_ != P.C_RET or err:
+            raise KernelErr(err or errno.EMFILE, "the client could not take the new fd")
+        return number
+
+
+def _fd_kind(host, host_fd) -> str:
+    f = host.files.get(host_fd)
+    if f is None:
+        return "closed"
+    if isinstance(f, IommufdCtx):
+        return "iommufd"
+    return getattr(f, "kind", type(f).__name__)
+
+
+class Server:
+    """Serve one emulated machine to every process of the command."""
+
+    def __init__(self, host, sockdir: str, trace=None, recorder=None, paths=None):
+        self.host = host
+        self.path = os.path.join(sockdir, "iommufd.sock")
+        self.paths = paths or {}          # client path -> host path (group numbers)
+        self.trace = trace                # callable(dict) or None
+        self.recorder = recorder
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.listener.bind(self.path)
+        self.listener.listen(128)
+        self.listener.setblocking(False)
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.listener, selectors.EVENT_READ, "listen")
+        self.fsel = selectors.DefaultSelector()     # file connections: readable means released
+        self.sel.register(self.fsel.fileno(), selectors.EVENT_READ, "files")
+        self.by_ino: dict[int, Conn] = {}
+        self.gaps: set[str] = set()
+        self.calls = 0
+
+    # -- files -------------------------------------------------------------------------------
+    def file_of(self, fd: int) -> Conn | None:
+        """The emulated file a passed fd refers to (by the inode of the client's socket end);
+        the passed fd is closed."""
+        try:
+            ino = os.fstat(fd).st_ino
+        finally:
+            os.close(fd)
+        return self.by_ino.get(ino)
+
+    def _add_file(self, conn: Conn, host_fd: int, ino: int, path: str | None) -> None:
+        conn.host_fd, conn.ino, conn.path = host_fd, ino, path
+        self.by_ino[ino] = conn
+        conn.sock.setblocking(False)
+        self.fsel.register(conn.sock, selectors.EVENT_READ, conn)
+
+    def new_file_socket(self, host_fd: int) -> socket.socket:
+        """A file the kernel made inside a call (a group's device fd, a fault queue, an
+        access): a connection to ourselves whose client end goes to the program."""
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        client.connect(self.path)
+        self.listener.setblocking(True)
+        try:
+            sock, _ = self.listener.accept()
+        finally:
+            self.listener.setblocking(False)
+        conn = Conn(sock)
+        conn.pid = None
+        self._add_file(conn, host_fd, os.fstat(client.fileno()).st_ino, None)
+        return client
+
+    def drain_releases(self) -> None:
+        """Release every file whose last reference is gone (the socket reads EOF).  Run before
+        each call: a close() in the program happened before its next call, as in the kernel."""
+        for key, _ in self.fsel.select(0):
+            conn = key.data
+            try:
+                data = conn.sock.recv(P.HDR.size + 16)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if data:
+                continue          # files carry no data; ignore stray bytes
+            self.fsel.unregister(conn.sock)
+            conn.sock.close()
+            del self.by_ino[conn.ino]
+            self._set_caller(None)
+            t0 = time.perf_counter()
+            err = 0
+            try:
+                self.host.close(conn.host_fd)
+            except KernelErr as e:
+                err = e.errno
+            self._log({"pid": conn.pid, "fd_kind": "file", "call": "close", "path": conn.path,
+                       "host_fd": conn.host_fd, "result": -1 if err else 0,
+                       "errno": uapi.errno_name(err) if err else None,
+                       "us": round((time.perf_counter() - t0) * 1e6, 1)})
+            if self.recorder is not None:
+                self.recorder.closed(conn.host_fd)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def serve(self, done) -> None:
+        """Serve until ``done()`` is true (checked after every event and every 50 ms)."""
+        while not done():
+            for key, _ in self.sel.select(0.05):
+                if key.data == "listen":
+                    self._accept()
+                elif key.data == "files":
+                    self.drain_releases()
+                else:
+                    self._channel(key.data)
+        self.drain_releases()
+
+    def close(self) -> None:
+        for key in list(self.fsel.get_map().values()):
+            key.fileobj.close()
+        for key in list(self.sel.get_map().values()):
+            if isinstance(key.data, Conn):
+                key.fileobj.close()
+        self.listener.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except BlockingIOError:
+                return
+            conn = Conn(sock)
+            try:
+                type_, a, _b, _c, payload, fds = conn.recv(timeout=5.0)
+            except ClientGone:
+                sock.close()
+                continue
+            if type_ == P.T_CHAN:
+                conn.send(P.C_RET)
+                sock.setblocking(False)
+                self.sel.register(sock, selectors.EVENT_READ, conn)
+            elif type_ == P.T_OPEN and len(fds) == 1:
+                self._open(conn, payload.decode(errors="replace"), a, fds[0])
+            else:
+                for fd in fds:
+                    os.close(fd)
+                sock.close()
+
+    def _open(self, conn: Conn, path: str, flags: int, own_fd: int) -> None:
+        """open(2) of an emulated path; ``own_fd`` is the client's end of this connection."""
+        ino = os.fstat(own_fd).st_ino
+        os.close(own_fd)
+        self.drain_releases()
+        t0 = time.perf_counter()
+        self._set_caller(None)
+        err, host_fd = 0, None
+        try:
+            host_fd = self.host.open(self.paths.get(path, path))
+        except KernelErr as e:
+            err = e.errno
+        try:
+            conn.send(P.C_RET, err)
+        except ClientGone:
+            err = err or errno.EPIPE
+            if host_fd is not None:
+                self.host.close(host_fd)
+        if err:
+            conn.sock.close()
+        else:
+            self._add_file(conn, host_fd, ino, path)
+        self._log({"pid": conn.pid, "fd_kind": _fd_kind(self.host, host_fd) if not err else None,
+                   "call": "open", "path": path, "result": -1 if err else 0,
+                   "errno": uapi.errno_name(err) if err else None,
+                   "us": round((time.perf_counter() - t0) * 1e6, 1)})
+        if self.recorder is not None and not err:
+            self.recorder.opened(host_fd, path, _fd_kind(self.host, host_fd))
+
+    def _channel(self, conn: Conn) -> None:
+        try:
+            type_, a, b, _c, payload, fds = conn.recv(timeout=None)
+        except ClientGone:
+            self.sel.unregister(conn.sock)
+            conn.sock.close()
+            return
+        try:
+            self.drain_releases()
+            if type_ == P.T_STAT:
+                path = payload.decode(errors="replace")
+                ok = self.host.exists(self.paths.get(path, path)) if hasattr(self.host, "exists") \
+                    else self._exists(path)
+                conn.send(P.S_DONE, 0 if ok else -1, 0 if ok else errno.ENOENT)
+                return
+            if len(fds) != 1:
+                for fd in fds:
+                    os.close(fd)
+                conn.send(P.S_DONE, -1, errno.EBADF)
+                return
+            entry = self.file_of(fds[0])
+            if entry is None:
+                conn.send(P.S_DONE, -1, errno.ENOTTY)
+                return
+            if type_ == P.T_IOCTL:
+                self._ioctl(conn, entry, a, b, payload)
+            elif type_ == P.T_READ:
+                self._rw(conn, entry, "read", a)
+            elif type_ == P.T_WRITE:
+                self._rw(conn, entry, "write", payload)
+            else:
+                conn.send(P.S_DONE, -1, errno.EINVAL)
+        except ClientGone:
+            self.sel.unregister(conn.sock)
+            conn.sock.close()
+        finally:
+            self._set_caller(None)
+
+    def _exists(self, path: str) -> bool:
+        """Does an emulated path exist?  Asks the model by opening and closing it."""
+        self._set_caller(None)
+        try:
+            fd = self.host.open(self.paths.get(path, path))
+        except KernelErr as e:
+            return e.errno != errno.ENOENT
+        self.host.close(fd)
+        return True
+
+    def _set_caller(self, conn: Conn | None, mem=None) -> None:
+        if conn is None:
+            self.host.mem, self.host.fds = _NO_MEM, _NO_FDS
+        else:
+            self.host.mem, self.host.fds = mem, ClientFds(self, conn)
+
+    # -- calls ---------------------------------------------------------------------------------
+    def _argument(self, entry: Conn, request: int, arg: int, mem: ClientMemory):
+        """The bytes the kernel's ioctl entry point copies in, as a buffer for Host.ioctl,
+        and the size-field patch to undo (see below)."""
+        host_file = self.host.files.get(entry.host_fd)
+        nr = uapi.ioc_nr(request)
+        if request in getattr(khost, "ARG_IS_VALUE", ()):
+            return bytearray(arg.to_bytes(8, "little", signed=False)), None
+        if isinstance(host_file, IommufdCtx) and nr >= uapi.IOMMUFD_CMD_BASE:
+            # iommufd_fops_ioctl: the u32 size, then copy_struct_from_user(min(size, ksize))
+            # and check_zeroed_user on the rest.  A size past CAP is zero-checked on the client
+            # and the model sees CAP bytes (still past any struct, with a zero tail: the same
+            # answer); the original size goes back before the write-back.
+            size = int.from_bytes(mem.read(arg, 4), "little")
+            if size <= CAP:
+                return bytearray(mem.read(arg, max(size, 4))), None
+            if not mem.zeroed(arg + CAP, size - CAP):
+                buf = bytearray(mem.read(arg, CAP)) + b"\x01"    # a non-zero tail: E2BIG
+                buf[:4] = (CAP + 1).to_bytes(4, "little")
+                return buf, size
+            buf = bytearray(mem.read(arg, CAP))
+            buf[:4] = CAP.to_bytes(4, "little")
+            return buf, size
+        if getattr(host_file, "kind", None) == "group" and request == uapi.VFIO_GROUP_GET_DEVICE_FD:
+            # strndup_user(arg, PAGE_SIZE)
+            name = mem.read_upto(arg, 4096)
+            if b"\0" not in name:
+                raise KernelErr(errno.EFAULT if len(name) < 4096 else errno.EINVAL, "device name")
+            return bytearray(name[:name.index(b"\0") + 1]), None
+        # VFIO: the struct head (argsz-led; the handler takes its minsz and checks argsz)
+        return bytearray(mem.read_upto(arg, VFIO_HEAD)), None
+
+    def _ioctl(self, conn: Conn, entry: Conn, request: int, arg: int, head: bytes) -> None:
+        t0 = time.perf_counter()
+        self.calls += 1
+        mem = ClientMemory(conn, arg, head)
+        self._set_caller(conn, mem)
+        before = buf = None
+        result, err, detail = -1, 0, ""
+        try:
+            buf, real_size = self._argument(entry, request, arg, mem)
+            before = bytes(buf)
+            result = self.host.ioctl(entry.host_fd, request, buf)
+            if real_size is not None:
+                buf[:4] = real_size.to_bytes(4, "little")
+                before = real_size.to_bytes(4, "little") + before[4:]
+        except ClientGone:
+            raise
+        except KernelErr as e:
+            err, detail = e.errno, e.detail
+        except EmulationGap as e:
+            err, detail = errno.ENOTTY, str(e)
+            name = uapi.request_name(request)
+            if name not in self.gaps:
+                self.gaps.add(name)
+                print(f"pyiommufd emulate: {e} (answered ENOTTY)", file=sys.stderr)
+        wb = b"" if err or before is None else P.writeback_records(before, bytes(buf[:len(before)]))
+        conn.send(P.S_DONE, -1 if err else result, err, payload=wb)
+        if self.trace is not None or self.recorder is not None:
+            rec = {"pid": conn.pid, "fd_kind": _fd_kind(self.host, entry.host_fd), "call": "ioctl",
+                   "ioctl": uapi.request_name(request), "request": request,
+                   "in": before, "out": None if err else bytes(buf or b""),
+                   "result": -1 if err else result, "errno": uapi.errno_name(err) if err else None,
+                   "detail": detail or None, "us": round((time.perf_counter() - t0) * 1e6, 1),
+                   "host_fd": entry.host_fd, "path": entry.path}
+            if self.recorder is not None:
+                self.recorder.ioctl(rec)
+            self._log(rec)
+
+    def _rw(self, conn: Conn, entry: Conn, what: str, arg) -> None:
+        t0 = time.perf_counter()
+        self._set_caller(conn, ClientMemory(conn, 0, b""))
+        err, result, data = 0, -1, b""
+        try:
+            if what == "read":
+                data = self.host.read(entry.host_fd, arg)
+                result = len(data)
+            else:
+                result = self.host.write(entry.host_fd, arg)
+        except KernelErr as e:
+            if isinstance(e, ClientGone):
+                raise
+            err = e.errno
+        conn.send(P.S_DONE, -1 if err else result, err, payload=data)
+        self._log({"pid": conn.pid, "fd_kind": _fd_kind(self.host, entry.host_fd), "call": what,
+                   "result": -1 if err else result, "errno": uapi.errno_name(err) if err else None,
+                   "us": round((time.perf_counter() - t0) * 1e6, 1)})
+
+    def _log(self, rec: dict) -> None:
+        if self.trace is not None:
+            self.trace(rec)
+
+
+class _NoMem:
+    """host.mem between calls: nothing of any process's memory is reachable."""
+
+    def read(self, addr, length):
+        raise KernelErr(errno.EFAULT, "no caller")
+
+    write = read_upto = zeroed = read
+
+
+class _NoFds(khost.CallerFds):
+    def resolve(self, n):
+        raise KernelErr(errno.EBADF, "no caller")
+
+    def install(self, host_fd):
+        raise KernelErr(errno.EMFILE, "no caller")
+
+
+_NO_MEM, _NO_FDS = _NoMem(), _NoFds()
