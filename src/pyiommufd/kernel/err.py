@@ -8,8 +8,8 @@ class KernelErr(Exception):
     ``detail`` says which check failed (the kernel says nothing; the emulator does,
     to help the reader).  ``partial`` carries a byte count for ioctls that do part of
     their work before failing (IOAS_UNMAP).  ``respond`` marks an error returned after
-    iommufd_ucmd_respond already copied the struct back (IOAS_IOVA_RANGES' EMSGSIZE): the
-    ioctl layer writes the struct back, then fails."""
+    iommufd_ucmd_respond already copied the struct back (IOAS_IOVA_RANGES' EMSGSIZE,
+    HWPT_INVALIDATE's entry_num): the ioctl layer writes the struct back, then fails."""
 
     __slots__ = ("errno", "detail", "partial", "respond")
 

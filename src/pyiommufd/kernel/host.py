@@ -15,7 +15,7 @@ import errno
 from .. import uapi
 from ..errors import EmulationGap
 from . import device as idevice
-from . import hw_pagetable, ioas, kvm as kvmmod, selftest, selftest_pages, vfio, vfio_compat
+from . import fault, hw_pagetable, ioas, kvm as kvmmod, selftest, selftest_pages, vfio, vfio_compat
 from .drivers import DRIVERS
 from .drivers.mock import MockDev, MockDriver
 from .drivers.base import Domain
@@ -42,6 +42,10 @@ _MIN_FIELD_FIRST_VERSION = {  # IOCTL_OP(..., _last): min_size = offsetofend of 
     uapi.IOMMUFD_CMD_HWPT_ALLOC: (uapi.iommu_hwpt_alloc_v6_6, "__reserved"),
     uapi.IOMMUFD_CMD_GET_HW_INFO: (uapi.iommu_hw_info_v6_6, "__reserved"),
     uapi.IOMMUFD_CMD_TEST: (uapi.iommu_test_cmd, "last"),
+    uapi.IOMMUFD_CMD_HWPT_SET_DIRTY_TRACKING: (uapi.iommu_hwpt_set_dirty_tracking, "__reserved"),
+    uapi.IOMMUFD_CMD_HWPT_GET_DIRTY_BITMAP: (uapi.iommu_hwpt_get_dirty_bitmap, "data"),
+    uapi.IOMMUFD_CMD_HWPT_INVALIDATE: (uapi.iommu_hwpt_invalidate, "__reserved"),
+    uapi.IOMMUFD_CMD_FAULT_QUEUE_ALLOC: (uapi.iommu_fault_alloc, "out_fault_fd"),
     uapi.IOMMUFD_CMD_IOAS_IOVA_RANGES: (uapi.iommu_ioas_iova_ranges, "out_iova_alignment"),
     uapi.IOMMUFD_CMD_IOAS_ALLOW_IOVAS: (uapi.iommu_ioas_allow_iovas, "allowed_iovas"),
     uapi.IOMMUFD_CMD_IOAS_COPY: (uapi.iommu_ioas_copy, "src_iova"),
@@ -89,6 +93,12 @@ def _iommufd_op_table(profile) -> dict:
                     uapi.IOMMUFD_CMD_IOAS_UNMAP: (ioas.ioas_unmap, uapi.iommu_ioas_unmap),
                     uapi.IOMMUFD_CMD_VFIO_IOAS: (ioas.vfio_ioas, uapi.iommu_vfio_ioas),
                     uapi.IOMMUFD_CMD_TEST: (selftest.iommufd_test, uapi.iommu_test_cmd),
+                    uapi.IOMMUFD_CMD_HWPT_SET_DIRTY_TRACKING: (hw_pagetable.hwpt_set_dirty_tracking,
+                                                              uapi.iommu_hwpt_set_dirty_tracking),
+                    uapi.IOMMUFD_CMD_HWPT_GET_DIRTY_BITMAP: (hw_pagetable.hwpt_get_dirty_bitmap,
+                                                            uapi.iommu_hwpt_get_dirty_bitmap),
+                    uapi.IOMMUFD_CMD_HWPT_INVALIDATE: (hw_pagetable.hwpt_invalidate, uapi.iommu_hwpt_invalidate),
+                    uapi.IOMMUFD_CMD_FAULT_QUEUE_ALLOC: (fault.fault_alloc, uapi.iommu_fault_alloc),
                     uapi.IOMMUFD_CMD_IOAS_IOVA_RANGES: (ioas.ioas_iova_ranges, uapi.iommu_ioas_iova_ranges),
                     uapi.IOMMUFD_CMD_IOAS_ALLOW_IOVAS: (ioas.ioas_allow_iovas, uapi.iommu_ioas_allow_iovas),
                     uapi.IOMMUFD_CMD_IOAS_COPY: (ioas.ioas_copy, uapi.iommu_ioas_copy),
@@ -470,6 +480,14 @@ class Host:
             return (lambda ctx, cmd: idevice.get_hw_info(ctx, cmd, self.mem)), uapi.HW_INFO_LAYOUTS[p.hw_info]
         if nr == uapi.IOMMUFD_CMD_TEST:
             return selftest.iommufd_test, uapi.iommu_test_cmd
+        if nr == uapi.IOMMUFD_CMD_HWPT_SET_DIRTY_TRACKING:
+            return hw_pagetable.hwpt_set_dirty_tracking, uapi.iommu_hwpt_set_dirty_tracking
+        if nr == uapi.IOMMUFD_CMD_HWPT_GET_DIRTY_BITMAP:
+            return hw_pagetable.hwpt_get_dirty_bitmap, uapi.iommu_hwpt_get_dirty_bitmap
+        if nr == uapi.IOMMUFD_CMD_HWPT_INVALIDATE:
+            return hw_pagetable.hwpt_invalidate, uapi.iommu_hwpt_invalidate
+        if nr == uapi.IOMMUFD_CMD_FAULT_QUEUE_ALLOC:
+            return fault.fault_alloc, uapi.iommu_fault_alloc
         if nr == uapi.IOMMUFD_CMD_IOAS_IOVA_RANGES:
             return ioas.ioas_iova_ranges, uapi.iommu_ioas_iova_ranges
         if nr == uapi.IOMMUFD_CMD_IOAS_ALLOW_IOVAS:

@@ -388,9 +388,7 @@ class IoPagetable:
         self.area_src[a_start] = lhs
         self.area_src[new_start] = rhs
         for dom in self.domains:   # the IOPTEs are unchanged; the model keeps one entry per area
-            dom.unmap(a_start, a_last)
-            dom.map(a_start, iova, prot)
-            dom.map(new_start, a_last, prot)
+            dom.split(a_start, iova)
 
     # -- reserved and allowed ranges --------------------------------------------------
     def reserve(self, start: int, last: int, owner) -> None:

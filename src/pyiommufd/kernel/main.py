@@ -13,6 +13,7 @@ from .err import KernelErr
 OBJ_DEVICE, OBJ_HWPT_PAGING, OBJ_HWPT_NESTED, OBJ_IOAS = "device", "hwpt_paging", "hwpt_nested", "ioas"
 OBJ_ACCESS = "access"
 OBJ_SELFTEST = "selftest"   # IOMMUFD_OBJ_SELFTEST (CONFIG_IOMMUFD_TEST)
+OBJ_FAULT = "fault"         # IOMMUFD_OBJ_FAULT (IOMMU_FAULT_QUEUE_ALLOC, 6.11)
 
 
 class Obj:

@@ -49,6 +49,13 @@ class Domain:
     def unmap(self, start: int, last: int) -> None:
         self.ptes.pop(start, None)
 
+    def split(self, start: int, iova: int) -> None:
+        """iopt_area_split leaves the IOPTEs alone: the model's entry for the area starting at
+        ``start`` becomes two, at ``iova`` | ``iova + 1``, with the same snoop bit."""
+        last, snp = self.ptes.pop(start)
+        self.ptes[start] = (iova, snp)
+        self.ptes[iova + 1] = (last, snp)
+
     def pte_at(self, iova: int):
         for start, (last, snp) in self.ptes.items():
             if start <= iova <= last:

@@ -50,6 +50,8 @@ class IntelDriver(Driver):
         NEST_PARENT stage-2 domain."""
         unit = self._unit(dev)
         if parent is not None:
+            if user_data is not None and user_data.type != uapi.IOMMU_HWPT_DATA_VTD_S1:
+                raise KernelErr(errno.EOPNOTSUPP, "intel: nested data must be IOMMU_HWPT_DATA_VTD_S1")
             if not nested_data:
                 raise KernelErr(errno.EOPNOTSUPP, "nested domain needs VTD_S1 data")
             dom = self.host.new_domain(self.name, kind="nested", parent=parent, first_level=True)

@@ -102,7 +102,7 @@ class MockDriver(Driver):
                      user_data=None) -> Domain:
         """mock_domain_alloc_user (and mock_domain_alloc_paging when flags == 0 and no data).
 
-        ``user_data``: (type, bytes from the user, len) or None."""
+        ``user_data``: a UserData (struct iommu_user_data) or None."""
         if parent is None:
             if flags & ~(uapi.IOMMU_HWPT_ALLOC_NEST_PARENT | uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING):
                 raise KernelErr(errno.EOPNOTSUPP, f"mock: unsupported flags {flags:#x}")
@@ -114,12 +114,11 @@ class MockDriver(Driver):
             dom.nest_parent = bool(flags & uapi.IOMMU_HWPT_ALLOC_NEST_PARENT)
             dom.dirty_ops = dirty
             return dom
-        dtype, data = user_data if user_data is not None else (None, b"")
-        if dtype != uapi.IOMMU_HWPT_DATA_SELFTEST or flags:
+        if user_data is None or user_data.type != uapi.IOMMU_HWPT_DATA_SELFTEST or flags:
             raise KernelErr(errno.EOPNOTSUPP, "mock nested domain: data_type must be IOMMU_HWPT_DATA_SELFTEST")
         if not isinstance(parent, MockDomain) or parent.kind != "paging":
             raise KernelErr(errno.EINVAL, "mock nested domain: parent is not a mock paging domain")
-        cfg = uapi.iommu_hwpt_selftest.from_buffer_copy(data)
+        cfg = user_data.copy(self.host, uapi.iommu_hwpt_selftest, uapi.IOMMU_HWPT_DATA_SELFTEST, "iotlb")
         self.host.domain_serial += 1
         dom = MockDomain(self.host.domain_serial, kind="nested", parent=parent)
         dom.iotlb = [cfg.iotlb] * uapi.MOCK_NESTED_DOMAIN_IOTLB_NUM
@@ -134,3 +133,112 @@ class MockDriver(Driver):
         """mock_domain_hw_info: struct iommu_test_hw_info { flags 0, test_reg REGVAL }."""
         return uapi.IOMMU_HW_INFO_TYPE_SELFTEST, bytes(
             uapi.iommu_test_hw_info(flags=0, test_reg=uapi.IOMMU_HW_INFO_SELFTEST_REGVAL))
+
+
+# -- the mock's IOPTEs (struct mock_iommu_domain.pfns) as far as the test ops observe them ------
+class MockPtes:
+    """The xarray of one mock paging domain, derived from what the domain maps: an entry per
+    MOCK_IO_PAGE_SIZE of every area the domain holds (``domain.ptes``), MOCK_PFN_HUGE_IOVA on
+    the entries of a MOCK_HUGE_PAGE_SIZE IOPTE, the "physical" address of an entry being the
+    user page it maps (``iopt.iova_to_user``).
+
+    Huge IOPTEs: iommu_map picks MOCK_HUGE_PAGE_SIZE for a chunk when the domain allows it
+    (MOCK_FLAGS_DEVICE_HUGE_IOVA), the IOVA and the physical address are both aligned to it and
+    the chunk lies in one physically contiguous run.  The model takes the user address for the
+    physical one (they agree modulo the backing page size for hugetlbfs/THP memory) and asks
+    ``host.mem.phys_contiguous(addr, length)`` when the memory object has it; without it,
+    memory is taken as contiguous (as hugetlbfs-backed buffers, the selftest's huge variants,
+    are)."""
+
+    __slots__ = ("ranges", "iopt", "domain", "mem")
+
+    def __init__(self, domain: MockDomain, iopt, mem):
+        self.domain = domain
+        self.iopt = iopt
+        self.mem = mem
+        self.ranges = sorted((s, l) for s, (l, _) in domain.ptes.items())
+
+    def area(self, iova: int):
+        import bisect
+        i = bisect.bisect_right(self.ranges, (iova, 1 << 65)) - 1
+        if i >= 0 and self.ranges[i][0] <= iova <= self.ranges[i][1]:
+            return self.ranges[i]
+        return None
+
+    def entry(self, iova: int):
+        """xa_load(&mock->pfns, iova / MOCK_IO_PAGE_SIZE): None, or whether it is HUGE."""
+        a = self.area(iova)
+        if a is None:
+            return None
+        if not self.domain.huge:
+            return False
+        block = iova & ~(MOCK_HUGE_PAGE_SIZE - 1)
+        if block < a[0] or block + MOCK_HUGE_PAGE_SIZE - 1 > a[1]:
+            return False
+        user = self.iopt.iova_to_user(block)
+        if user is None or user[1] % MOCK_HUGE_PAGE_SIZE:
+            return False
+        contiguous = getattr(self.mem, "phys_contiguous", None)
+        return True if contiguous is None else bool(contiguous(user[1], MOCK_HUGE_PAGE_SIZE))
+
+
+def set_dirty_tracking(domain: MockDomain, enable: bool) -> None:
+    """mock_domain_set_dirty_tracking: enabling needs dirty_ops (EINVAL)."""
+    if enable and not domain.dirty_ops:
+        raise KernelErr(errno.EINVAL, "mock domain without dirty_ops")
+    domain.tracking = enable
+
+
+def read_and_clear_dirty(domain: MockDomain, ptes: MockPtes, iova: int, size: int, flags: int, record) -> None:
+    """mock_domain_read_and_clear_dirty: walk the IOPTEs of [iova, iova+size) (a HUGE entry
+    covers MOCK_HUGE_PAGE_SIZE from its head), test-and-clear the dirty bits of each
+    (IOMMU_DIRTY_NO_CLEAR keeps them) and ``record(iova, pgsize)`` the dirty ones.
+    ``record`` None: clearing only (iopt_clear_dirty_data, no bitmap).  Not tracking while
+    reporting into a bitmap: EINVAL."""
+    if not domain.tracking and record is not None:
+        raise KernelErr(errno.EINVAL, "dirty tracking is off")
+    end = iova + size
+    dirty = domain.dirty
+    while True:
+        pgsize = MOCK_IO_PAGE_SIZE
+        ent = ptes.entry(iova)
+        if ent is not None:
+            if ent:
+                pgsize = MOCK_HUGE_PAGE_SIZE
+            head = iova & ~(pgsize - 1)
+            found = False
+            for idx in range(head // MOCK_IO_PAGE_SIZE, (head + pgsize) // MOCK_IO_PAGE_SIZE):
+                if idx in dirty and ptes.entry(idx * MOCK_IO_PAGE_SIZE) is not None:   # mock_test_and_clear_dirty
+                    found = True
+                    if not flags & uapi.IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR:
+                        dirty.discard(idx)
+            if found and record is not None:
+                record(iova, pgsize)
+        iova += pgsize
+        if iova >= end:
+            break
+
+
+def cache_invalidate_user(host, domain: MockDomain, array) -> None:
+    """mock_domain_cache_invalidate_user: data type IOMMU_HWPT_INVALIDATE_DATA_SELFTEST (else
+    EINVAL); each entry (struct iommu_hwpt_invalidate_selftest): unknown flags EOPNOTSUPP,
+    iotlb_id > MOCK_NESTED_DOMAIN_IOTLB_ID_MAX EINVAL, FLAG_ALL zeroes every iotlb entry, else
+    the one.  ``array.entry_num`` becomes the number handled, also on error."""
+    processed = 0
+    try:
+        if array.type != uapi.IOMMU_HWPT_INVALIDATE_DATA_SELFTEST:
+            raise KernelErr(errno.EINVAL, f"invalidation data_type {array.type:#x}")
+        for i in range(array.entry_num):
+            inv = array.copy(host, uapi.iommu_hwpt_invalidate_selftest, uapi.IOMMU_HWPT_INVALIDATE_DATA_SELFTEST,
+                             i, "iotlb_id")
+            if inv.flags & ~uapi.IOMMU_TEST_INVALIDATE_FLAG_ALL:
+                raise KernelErr(errno.EOPNOTSUPP, f"entry {i}: unknown flags {inv.flags:#x}")
+            if inv.iotlb_id > uapi.MOCK_NESTED_DOMAIN_IOTLB_ID_MAX:
+                raise KernelErr(errno.EINVAL, f"entry {i}: iotlb_id {inv.iotlb_id}")
+            if inv.flags & uapi.IOMMU_TEST_INVALIDATE_FLAG_ALL:
+                domain.iotlb = [0] * uapi.MOCK_NESTED_DOMAIN_IOTLB_NUM
+            else:
+                domain.iotlb[inv.iotlb_id] = 0
+            processed += 1
+    finally:
+        array.entry_num = processed
