@@ -92,12 +92,83 @@ class Conn:
         return type_, a, b, c, data[P.HDR.size:P.HDR.size + length], fds
 
 
+def _mapped(pid: int, addr: int, length: int) -> bool:
+    """Is [addr, addr+length) covered by the mappings of process ``pid`` (/proc/pid/maps)?"""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            spans = sorted(tuple(int(x, 16) for x in line.split(None, 1)[0].split("-")) for line in f)
+    except OSError:
+        return False
+    cur, end = addr, addr + length
+    for lo, hi in spans:
+        if lo > cur:
+            break
+        cur = max(cur, hi)
+        if cur >= end:
+            return True
+    return cur >= end
+
+
+class ProcMemory:
+    """The memory of a process other than the caller (pages it mapped into an IOAS earlier:
+    fork_present), through /proc/pid/mem -- what the kernel does with pages->source_mm.
+    ``host.remote_mem`` hands it out while the process lives."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.mm_key = ("pid", pid)
+
+    @property
+    def alive(self) -> bool:
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except (OSError, IndexError):
+            return False
+
+    def read(self, addr: int, length: int) -> bytes:
+        try:
+            fd = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY)
+            try:
+                data = os.pread(fd, length, addr)
+            finally:
+                os.close(fd)
+        except (OSError, OverflowError):
+            data = b""
+        if len(data) != length:
+            raise KernelErr(errno.EFAULT, f"address {addr:#x} of process {self.pid} not readable")
+        return data
+
+    def write(self, addr: int, data: bytes) -> None:
+        try:
+            fd = os.open(f"/proc/{self.pid}/mem", os.O_WRONLY)
+            try:
+                n = os.pwrite(fd, bytes(data), addr)
+            finally:
+                os.close(fd)
+        except (OSError, OverflowError):
+            n = -1
+        if n != len(data):
+            raise KernelErr(errno.EFAULT, f"address {addr:#x} of process {self.pid} not writable")
+
+    def probe(self, addr: int, length: int) -> None:
+        if not _mapped(self.pid, addr, length):
+            raise KernelErr(errno.EFAULT, f"[{addr:#x}, +{length:#x}) not mapped in process {self.pid}")
+
+
 class ClientMemory:
     """copy_from_user / copy_to_user on the calling process: ``host.mem`` during a call.
-    Reads inside the prefetched head of the argument cost nothing; the rest is asked for."""
+    Reads inside the prefetched head of the argument cost nothing; the rest is asked for.
+    ``mm_key`` names the process's address space (pages pinned from it are counted per
+    address space, kernel/pages.py), ``probe`` checks a range is mapped without moving it."""
 
     def __init__(self, conn: Conn, base: int, head: bytes):
         self.conn, self.base, self.head = conn, base, head
+        self.mm_key = ("pid", conn.pid)
+
+    def probe(self, addr: int, length: int) -> None:
+        if not _mapped(self.conn.pid, addr, length):
+            raise KernelErr(errno.EFAULT, f"[{addr:#x}, +{length:#x}) not mapped in the caller")
 
     def _ask(self, addr: int, length: int, partial: bool) -> bytes:
         out = bytearray()
@@ -203,6 +274,8 @@ class Server:
 
     def __init__(self, host, sockdir: str, trace=None, recorder=None, paths=None):
         self.host = host
+        # pages->source_mm of another process: reachable while it lives (kernel/pages.py)
+        host.remote_mem = _remote_mem
         self.path = os.path.join(sockdir, "iommufd.sock")
         self.paths = paths or {}          # client path -> host path (group numbers)
         self.trace = trace                # callable(dict) or None
@@ -467,7 +540,10 @@ class Server:
             if name not in self.gaps:
                 self.gaps.add(name)
                 print(f"pyiommufd emulate: {e} (answered ENOTTY)", file=sys.stderr)
-        wb = b"" if err or before is None else P.writeback_records(before, bytes(buf[:len(before)]))
+        # The model changes ``buf`` only where the kernel copies to the user: on success, and on
+        # the errors returned after iommufd_ucmd_respond (IOAS_IOVA_RANGES' EMSGSIZE, the unmapped
+        # length of a failed VFIO_IOMMU_UNMAP_DMA): write back whatever changed.
+        wb = b"" if before is None or buf is None else P.writeback_records(before, bytes(buf[:len(before)]))
         conn.send(P.S_DONE, -1 if err else result, err, payload=wb)
         if self.trace is not None or self.recorder is not None:
             rec = {"pid": conn.pid, "fd_kind": _fd_kind(self.host, entry.host_fd), "call": "ioctl",
@@ -502,6 +578,14 @@ class Server:
     def _log(self, rec: dict) -> None:
         if self.trace is not None:
             self.trace(rec)
+
+
+def _remote_mem(key):
+    """host.remote_mem: the memory of the process ``key`` names, None once it has exited."""
+    if not (isinstance(key, tuple) and key[0] == "pid" and key[1]):
+        return None
+    mem = ProcMemory(key[1])
+    return mem if mem.alive else None
 
 
 class _NoMem:

@@ -145,7 +145,7 @@ def pin_pages(access: Access, iova: int, length: int, flags: int) -> list[tuple[
             if not _check_prot(prot, flags):
                 raise KernelErr(errno.EPERM, "access direction not allowed by the mapping")
             index, last_index = first_byte // PAGE_SIZE, iopt.start_byte(a_start, a_end) // PAGE_SIZE
-            area.pages.add_access(index, last_index, bool(flags & ACCESS_RW_WRITE))
+            area.pages.add_access(access.ctx.host, index, last_index, bool(flags & ACCESS_RW_WRITE))
             area.num_accesses += 1
             added.append((area, index, last_index))
             out += [(area.pages.mm, area.pages.uptr + i * PAGE_SIZE) for i in range(index, last_index + 1)]

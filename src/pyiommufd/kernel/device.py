@@ -144,7 +144,7 @@ def hw_pagetable_attach(ctx: IommufdCtx, hwpt, idev: Device) -> None:
         # (iommufd_hwpt_paging_alloc) adds the domain after the immediate attach.
         if paging is not None and p.era == "E1" and not paging.filled:
             try:
-                fill(paging)
+                fill(paging, host)
             except KernelErr:
                 iommu.detach_group(host, igroup.group)
                 paging.ioas.iopt.remove_reserved(idev.dev.name)

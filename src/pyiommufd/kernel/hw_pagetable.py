@@ -119,7 +119,7 @@ def paging_alloc(ctx: IommufdCtx, ioas, idev, flags: int, immediate_attach: bool
             hw_pagetable_attach(ctx, hwpt, idev)
         if p.era != "E1":
             try:
-                fill(hwpt)
+                fill(hwpt, host)
             except KernelErr:
                 if immediate_attach:
                     hw_pagetable_detach(ctx, idev)
@@ -132,9 +132,10 @@ def paging_alloc(ctx: IommufdCtx, ioas, idev, flags: int, immediate_attach: bool
     return hwpt
 
 
-def fill(hwpt: HwptPaging) -> None:
-    """iopt_table_add_domain: the domain mirrors every mapping of the IOAS from now on."""
-    hwpt.ioas.iopt.add_domain(hwpt.domain)
+def fill(hwpt: HwptPaging, host) -> None:
+    """iopt_table_add_domain: the domain mirrors every mapping of the IOAS from now on (the
+    first domain pins the pages from the process that mapped them: EFAULT)."""
+    hwpt.ioas.iopt.add_domain(hwpt.domain, host)
     hwpt.filled = True
 
 

@@ -235,7 +235,7 @@ class IoPagetable:
         raise KernelErr(errno.ENOSPC, "no free IOVA hole")
 
     # -- map --------------------------------------------------------------------
-    def map_pages(self, elms, length: int, iova: int | None, prot: int,
+    def map_pages(self, host, elms, length: int, iova: int | None, prot: int,
                   max_alignment: int = MAX_ALLOC_ALIGNMENT) -> int:
         """iopt_map_pages: iopt_alloc_area_pages (length vs alignment / zero: EINVAL; the IOVA
         allocated from the first element's user address, or checked when fixed; each area:
@@ -263,7 +263,7 @@ class IoPagetable:
             if self.domains:   # iopt_area_fill_domains: pin, then the area joins domains_itree
                 for pages, start_byte, elm_len in elms:
                     first, last = start_byte // PAGE_SIZE, (start_byte + elm_len - 1) // PAGE_SIZE
-                    pages.add_domain_range(first, last)
+                    pages.add_domain_range(host, first, last)
                     filled.append((pages, first, last))
         except KernelErr:
             for pages, first, last in filled:
@@ -468,7 +468,7 @@ class IoPagetable:
         self.calculate_iova_alignment()
 
     # -- domains --------------------------------------------------------------------
-    def add_domain(self, domain) -> None:
+    def add_domain(self, domain, host) -> None:
         """iopt_table_add_domain: raise iova_alignment to the domain's page size (EINVAL above
         PAGE_SIZE, EADDRINUSE for a mapping that does not conform), reserve everything outside
         the domain's aperture (EADDRINUSE if an area or allowed range is there), fill it: the
@@ -494,7 +494,7 @@ class IoPagetable:
                 for s, (l, _) in self.areas.items():
                     src = self.area_src[s]
                     rng = src.index_range(l - s + 1)
-                    src.pages.add_domain_range(*rng)
+                    src.pages.add_domain_range(host, *rng)
                     filled.append((src.pages, rng))
             except KernelErr:
                 for pages, rng in filled:

@@ -67,7 +67,8 @@ def map_user_pages(ctx: IommufdCtx, ioas, iova: int | None, uptr: int, length: i
     """iopt_map_user_pages: a new iopt_pages over the caller's memory (iopt_alloc_pages:
     EINVAL / EOVERFLOW), mapped as one area (iopt_map_pages)."""
     pages, start_byte = alloc_pages(ctx.host, uptr, length, bool(prot & PROT_WRITE), ctx.account_mode)
-    return ioas.iopt.map_pages([(pages, start_byte, length)], length, iova, prot, max_alloc_alignment(ctx.host))
+    return ioas.iopt.map_pages(ctx.host, [(pages, start_byte, length)], length, iova, prot,
+                               max_alloc_alignment(ctx.host))
 
 
 def ioas_copy(ctx: IommufdCtx, cmd: uapi.iommu_ioas_copy) -> None:
@@ -86,7 +87,7 @@ def ioas_copy(ctx: IommufdCtx, cmd: uapi.iommu_ioas_copy) -> None:
     dst = ctx.get(cmd.dst_ioas_id, OBJ_IOAS)
     fixed = cmd.flags & uapi.IOMMU_IOAS_MAP_FIXED_IOVA
     ctx.host.fallible("area alloc")
-    cmd.dst_iova = dst.iopt.map_pages(elms, cmd.length, cmd.dst_iova if fixed else None,
+    cmd.dst_iova = dst.iopt.map_pages(ctx.host, elms, cmd.length, cmd.dst_iova if fixed else None,
                                       cmd.flags & (PROT_WRITE | PROT_READ), max_alloc_alignment(ctx.host))
 
 

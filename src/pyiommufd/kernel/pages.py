@@ -7,12 +7,19 @@ per iopt_pages however many domains hold it) while an area over it sits in a dom
 pages' ``domains_itree`` -- or an in-kernel access pinned it -- ``access_itree``.
 IOMMU_TEST_OP_MD_CHECK_REFS reads exactly that count (``page_pins``).
 
-User memory is the source process's (``mm``: the ``host.mem`` of the caller that mapped it);
-the kernel pins from it when a domain or an access first needs a page (EFAULT for a hole, or
-when that process is gone: mmget_not_zero fails) and reads and writes it for
-iommufd_access_rw.  Pages are identified by (address space, page address): the model has no
-physical pages, so memory shared between processes (fork of MAP_SHARED) is the same page only
-as seen from each side.
+User memory is the source process's (pages->source_mm: the address space of the caller that
+mapped it, ``mm_key``); the kernel pins from it when a domain or an access first needs a page
+(EFAULT for a hole, or when that process is gone: mmget_not_zero fails) and reads and writes
+it for iommufd_access_rw.  Pages are identified by (address space, page address): the model
+has no physical pages, so memory shared between processes (fork of MAP_SHARED) is the same
+page only as seen from each side.
+
+The memory protocol (``host.mem`` and what ``source_mem`` returns): ``read(addr, n)``,
+``write(addr, data)`` (KernelErr(EFAULT) on a hole), optionally ``probe(addr, n)`` (the same
+check without moving data), ``mm_key`` (the address space's identity; default: the object)
+and ``alive`` (default True).  ``pyiommufd emulate`` hands the model a new memory object per
+call; it gives them the calling process's ``mm_key`` and sets ``host.remote_mem(key)``: the
+memory of another process that is still alive, or None.
 """
 from __future__ import annotations
 
@@ -54,13 +61,30 @@ def probe_user(mem, addr: int, length: int) -> None:
         raise KernelErr(errno.EFAULT, f"pin_user_pages: {e.detail}") from None
 
 
+def source_mem(host, pages):
+    """mmget_not_zero(pages->source_mm): the memory to pin from or copy with, or None when the
+    process is gone.  The caller's own memory when it is the source (the usual case), else the
+    other process's through ``host.remote_mem`` (emulate) or the object kept at map time
+    (in-process: memory objects live as long as the test holds them)."""
+    mem = host.mem
+    if mm_key(mem) == pages.mm_key:
+        return mem if mm_alive(mem) else None
+    remote = getattr(host, "remote_mem", None)
+    if remote is not None:
+        return remote(pages.mm_key)
+    if hasattr(pages.mm, "mm_key"):   # a per-call object of another process: unreachable now
+        return None
+    return pages.mm if mm_alive(pages.mm) else None
+
+
 class IopPages:
     """struct iopt_pages: ``uptr`` (page aligned), ``npages``, ``writable``, ``account_mode``,
-    the source ``mm``, and the two trees that decide what is pinned:
+    the source address space (``mm_key``; ``mm`` the memory object seen at map time), and the
+    two trees that decide what is pinned:
     ``domain_ranges`` (pages_node of every area held by a domain, a multiset) and
     ``accesses`` ((start_index, last_index) -> users, iopt_pages_access)."""
 
-    __slots__ = ("uptr", "npages", "writable", "account_mode", "mm", "domain_ranges", "accesses")
+    __slots__ = ("uptr", "npages", "writable", "account_mode", "mm", "mm_key", "domain_ranges", "accesses")
 
     def __init__(self, uptr: int, npages: int, writable: bool, mm, account_mode: int):
         self.uptr = uptr
@@ -68,6 +92,7 @@ class IopPages:
         self.writable = writable
         self.account_mode = account_mode
         self.mm = mm
+        self.mm_key = mm_key(mm)
         self.domain_ranges: list[tuple[int, int]] = []
         self.accesses: dict[tuple[int, int], int] = {}
 
@@ -77,6 +102,7 @@ class IopPages:
         memo[id(self)] = new
         new.uptr, new.npages, new.writable, new.account_mode = self.uptr, self.npages, self.writable, self.account_mode
         new.mm = deepcopy(self.mm, memo)
+        new.mm_key = mm_key(new.mm) if self.mm_key is self.mm else self.mm_key
         new.domain_ranges = list(self.domain_ranges)
         new.accesses = dict(self.accesses)
         return new
@@ -100,25 +126,28 @@ class IopPages:
                 return True
         return cur > last
 
-    def pin(self, start: int, last: int) -> None:
+    def pin(self, host, start: int, last: int) -> None:
         """pfn_reader_user_pin for the indexes [start, last] not already pinned by this
         iopt_pages (those are read from the xarray or the storage domain instead)."""
         if self._covered(start, last):
             return
-        probe_user(self.mm, self.uptr + start * PAGE_SIZE, (last - start + 1) * PAGE_SIZE)
+        mem = source_mem(host, self)
+        if mem is None:
+            raise KernelErr(errno.EFAULT, "the process that mapped these pages has exited (mmget_not_zero)")
+        probe_user(mem, self.uptr + start * PAGE_SIZE, (last - start + 1) * PAGE_SIZE)
 
     # -- domains_itree -------------------------------------------------------------------
-    def add_domain_range(self, start: int, last: int) -> None:
+    def add_domain_range(self, host, start: int, last: int) -> None:
         """iopt_area_fill_domains / iopt_fill_domain for an area without a storage domain:
         pin what is not pinned yet (EFAULT), then insert into domains_itree."""
-        self.pin(start, last)
+        self.pin(host, start, last)
         self.domain_ranges.append((start, last))
 
     def remove_domain_range(self, start: int, last: int) -> None:
         self.domain_ranges.remove((start, last))
 
     # -- access_itree (iopt_area_add_access / iopt_area_remove_access) ---------------------
-    def add_access(self, start: int, last: int, write: bool) -> None:
+    def add_access(self, host, start: int, last: int, write: bool) -> None:
         """iopt_area_add_access: EPERM writing read-only pages; an exact range already present
         gains a user, a new one is pinned (iopt_pages_fill_xarray: EFAULT from the mm)."""
         if write and not self.writable:
@@ -127,7 +156,7 @@ class IopPages:
         if key in self.accesses:
             self.accesses[key] += 1
             return
-        self.pin(start, last)
+        self.pin(host, start, last)
         self.accesses[key] = 1
 
     def remove_access(self, start: int, last: int) -> None:
@@ -151,8 +180,8 @@ class IopPages:
         if write and not self.writable:
             raise KernelErr(errno.EPERM, "write through an access to read-only pages")
         addr = self.uptr + start_byte
-        mem = self.mm
-        if not mm_alive(mem):
+        mem = source_mem(host, self)
+        if mem is None:
             first, last = start_byte // PAGE_SIZE, (start_byte + length - 1) // PAGE_SIZE
             if not self._covered(first, last):
                 raise KernelErr(errno.EFAULT, "source process gone and the pages are not pinned")
@@ -189,7 +218,7 @@ def page_pins(host, mem, page_addr: int) -> int:
     page_ref_count / GUP_PIN_COUNTING_BIAS shows it: one per live iopt_pages that pins it,
     over every iommufd of the machine (pages are global)."""
     key = mm_key(mem)
-    seen = set()
+    seen = set()   # one pin per iopt_pages, however many areas share it
     count = 0
     for ctx in host.ctxs.values():
         for obj in list(ctx.objects.values()) + list(ctx.building.values()):
@@ -200,7 +229,7 @@ def page_pins(host, mem, page_addr: int) -> int:
                 if id(pages) in seen:
                     continue
                 seen.add(id(pages))
-                if mm_key(pages.mm) != key or not pages.uptr <= page_addr < pages.uptr + pages.npages * PAGE_SIZE:
+                if pages.mm_key != key or not pages.uptr <= page_addr < pages.uptr + pages.npages * PAGE_SIZE:
                     continue
                 if pages.is_pinned((page_addr - pages.uptr) // PAGE_SIZE):
                     count += 1
