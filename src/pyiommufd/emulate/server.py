@@ -289,17 +289,26 @@ class Server:
                 self.recorder.closed(conn.host_fd)
 
     # -- the loop ------------------------------------------------------------------------------
-    def serve(self, done) -> None:
-        """Serve until ``done()`` is true (checked after every event and every 50 ms)."""
-        while not done():
-            for key, _ in self.sel.select(0.05):
-                if key.data == "listen":
-                    self._accept()
-                elif key.data == "files":
-                    self.drain_releases()
-                else:
-                    self._channel(key.data)
-        self.drain_releases()
+    def serve(self, pid: int) -> None:
+        """Serve until process ``pid`` (the command) exits: its pidfd is one of the events."""
+        pidfd = os.pidfd_open(pid)
+        self.sel.register(pidfd, selectors.EVENT_READ, "exit")
+        try:
+            while True:
+                for key, _ in self.sel.select():
+                    data = key.data
+                    if data.__class__ is Conn:
+                        self._channel(data)
+                    elif data == "listen":
+                        self._accept()
+                    elif data == "files":
+                        self.drain_releases()
+                    else:
+                        self.drain_releases()
+                        return
+        finally:
+            self.sel.unregister(pidfd)
+            os.close(pidfd)
 
     def close(self) -> None:
         for conn in self.by_fileno.values():
