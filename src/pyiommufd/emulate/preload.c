@@ -134,8 +134,34 @@ __attribute__((constructor)) static void init(void)
 
 static int is_emulated_path(const char *path)
 {
-	return sock_path[0] && path &&
-	       (strcmp(path, "/dev/iommu") == 0 || strncmp(path, "/dev/vfio/", 10) == 0);
+	size_t n;
+	if (!sock_path[0] || !path)
+		return 0;
+	if (strcmp(path, "/dev/iommu") == 0 || strncmp(path, "/dev/vfio/", 10) == 0)
+		return 1;
+	/* the emulated kernel's fault injection: /proc/<pid>/task/<tid>/fail-nth */
+	n = strlen(path);
+	return strncmp(path, "/proc/", 6) == 0 && n > 9 && strcmp(path + n - 9, "/fail-nth") == 0;
+}
+
+/* The fault-injection knobs in debugfs (/sys/kernel/debug/fail*): the emulated kernel takes
+ * and ignores them (its injection points are the model's), so a program that sets them up, as
+ * iommufd_fail_nth does, finds fault injection there.  Relative to an open directory too. */
+static int is_fault_knob(int dirfd, const char *path)
+{
+	if (!sock_path[0] || !path)
+		return 0;
+	if (strncmp(path, "/sys/kernel/debug/fail", 22) == 0)
+		return 1;
+	if (path[0] == '/' || strncmp(path, "fail", 4) != 0 || dirfd < 0)
+		return 0;
+	char link[64], target[64];
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", dirfd);
+	ssize_t len = readlink(link, target, sizeof(target) - 1);
+	if (len < 0)
+		return 0;
+	target[len] = 0;
+	return strcmp(target, "/sys/kernel/debug") == 0;
 }
 
 /* ---- messages ---------------------------------------------------------------------- */
@@ -385,6 +411,8 @@ int open(const char *path, int flags, ...)
 	if (is_emulated_path(path))
 		return emu_open(path, flags);
 	RESOLVE(open);
+	if (is_fault_knob(AT_FDCWD, path))
+		return r_open("/dev/null", (flags & O_CLOEXEC) | O_WRONLY);
 	return r_open(path, flags, mode);
 }
 
@@ -394,6 +422,8 @@ int open64(const char *path, int flags, ...)
 	if (is_emulated_path(path))
 		return emu_open(path, flags);
 	RESOLVE(open64);
+	if (is_fault_knob(AT_FDCWD, path))
+		return r_open64("/dev/null", (flags & O_CLOEXEC) | O_WRONLY);
 	return r_open64(path, flags, mode);
 }
 
@@ -403,6 +433,8 @@ int openat(int dirfd, const char *path, int flags, ...)
 	if (is_emulated_path(path))
 		return emu_open(path, flags);
 	RESOLVE(openat);
+	if (is_fault_knob(dirfd, path))
+		return r_openat(AT_FDCWD, "/dev/null", (flags & O_CLOEXEC) | O_WRONLY);
 	return r_openat(dirfd, path, flags, mode);
 }
 
@@ -412,6 +444,8 @@ int openat64(int dirfd, const char *path, int flags, ...)
 	if (is_emulated_path(path))
 		return emu_open(path, flags);
 	RESOLVE(openat64);
+	if (is_fault_knob(dirfd, path))
+		return r_openat64(AT_FDCWD, "/dev/null", (flags & O_CLOEXEC) | O_WRONLY);
 	return r_openat64(dirfd, path, flags, mode);
 }
 
@@ -585,6 +619,23 @@ ssize_t write(int fd, const void *buf, size_t count)
 	free(data);
 	return r;
 }
+
+/* pread/pwrite: files of the emulated kernel ignore the offset (fail-nth is read from 0) */
+ssize_t pread(int fd, void *buf, size_t count, off_t off)
+{
+	static ssize_t (*r_pread)(int, void *, size_t, off_t);
+	RESOLVE(pread);
+	return is_emu(fd) ? read(fd, buf, count) : r_pread(fd, buf, count, off);
+}
+ssize_t pread64(int fd, void *buf, size_t count, off_t off) __attribute__((alias("pread")));
+
+ssize_t pwrite(int fd, const void *buf, size_t count, off_t off)
+{
+	static ssize_t (*r_pwrite)(int, const void *, size_t, off_t);
+	RESOLVE(pwrite);
+	return is_emu(fd) ? write(fd, buf, count) : r_pwrite(fd, buf, count, off);
+}
+ssize_t pwrite64(int fd, const void *buf, size_t count, off_t off) __attribute__((alias("pwrite")));
 
 void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {

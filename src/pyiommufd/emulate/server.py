@@ -28,7 +28,7 @@ import time
 
 from .. import uapi
 from ..errors import EmulationGap
-from ..kernel import host as khost
+from ..kernel import fault_inject, host as khost
 from ..kernel.err import KernelErr
 from ..kernel.main import IommufdCtx
 from . import protocol as P
@@ -352,6 +352,7 @@ class Server:
         self.drain_releases()
         t0 = time.perf_counter()
         self._set_caller(None)
+        self.host.task = conn.pid
         err, host_fd = 0, None
         try:
             host_fd = self.host.open(self.paths.get(path, path))
@@ -428,9 +429,9 @@ class Server:
 
     def _set_caller(self, conn: Conn | None, mem=None) -> None:
         if conn is None:
-            self.host.mem, self.host.fds = _NO_MEM, _NO_FDS
+            self.host.mem, self.host.fds, self.host.task = _NO_MEM, _NO_FDS, 0
         else:
-            self.host.mem, self.host.fds = mem, ClientFds(self, conn)
+            self.host.mem, self.host.fds, self.host.task = mem, ClientFds(self, conn), conn.pid
 
     # -- calls ---------------------------------------------------------------------------------
     def _argument(self, entry: Conn, request: int, arg: int, mem: ClientMemory):
@@ -471,6 +472,7 @@ class Server:
         self._set_caller(conn, mem)
         before = buf = None
         result, err, detail = -1, 0, ""
+        armed = fault_inject.arm(self.host, conn.pid) if self.host.task_fail_nth else 0
         try:
             buf, real_size = self._argument(entry, request, arg, mem)
             before = bytes(buf)
@@ -488,6 +490,9 @@ class Server:
             if name not in self.gaps:
                 self.gaps.add(name)
                 print(f"pyiommufd emulate: {e} (answered ENOTTY)", file=sys.stderr)
+        finally:
+            if armed:
+                fault_inject.disarm(self.host, conn.pid, armed)
         wb = b"" if err or before is None else P.writeback_records(before, bytes(buf[:len(before)]))
         conn.send(P.S_DONE, -1 if err else result, err, payload=wb)
         if self.trace is not None or self.recorder is not None:

@@ -15,7 +15,7 @@ import errno
 from .. import uapi
 from ..errors import EmulationGap
 from . import device as idevice
-from . import hw_pagetable, ioas, kvm as kvmmod, vfio
+from . import fault_inject, hw_pagetable, ioas, kvm as kvmmod, vfio
 from .drivers import DRIVERS
 from .drivers.base import Domain
 from .err import KernelErr
@@ -185,6 +185,8 @@ class Host:
         self.domain_serial = 0
         self.fail_nth = 0      # fail the Nth fallible step (0: never), as iommufd_fail_nth does
         self.fallible_count = 0
+        self.task = 0          # the calling task (pyiommufd emulate: its pid; in-process: 0)
+        self.task_fail_nth: dict[int, int] = {}   # task->fail_nth (kernel/fault_inject.py)
 
     # -- bookkeeping ---------------------------------------------------------------
     def new_domain(self, driver: str, **kw) -> Domain:
@@ -233,6 +235,13 @@ class Host:
             ctx.refs = 1
             self.ctxs[fd] = ctx
             self.files[fd] = ctx
+            return fd
+        m = fault_inject.PATH.match(path)
+        if m:   # /proc/<pid>/task/<tid>/fail-nth: the caller's (a task is a process here)
+            f = fault_inject.FailNthFile(self.task)
+            f.refs = 1
+            fd = self._new_fd()
+            self.files[fd] = f
             return fd
         if path.startswith("/dev/vfio/devices/vfio"):
             if not self.profile.vfio_cdev:
