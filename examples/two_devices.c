@@ -2,7 +2,7 @@
  * VT-d unit without Snoop Control, each attached to one IOAS with the kernel's auto-domain,
  * in the order given.  Prints the HWPT each attach landed in.
  *
- *   cc -I$(pyiommufd-include) -o two_devices examples/two_devices.c   (see docs/emulate.md)
+ *   cc $(pyiommufd emulate --cflags) -o two_devices examples/two_devices.c
  *   pyiommufd emulate --profile linux-6.12 --system examples/two-devices.toml -- ./two_devices gpu nic
  *   pyiommufd emulate --profile linux-6.12 --system examples/two-devices.toml -- ./two_devices -r gpu nic
  *

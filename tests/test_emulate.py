@@ -33,10 +33,12 @@ def emulate(*args, **kw):
 def cc(tmp_path_factory):
     """Compile a C file against the shipped 6.12 uapi headers; returns the binary's path."""
     out = tmp_path_factory.mktemp("bin")
+    cflags = emulate("--cflags").stdout.split()     # what docs/emulate.md tells users to do
+    assert cflags == [f"-I{INCLUDE}"]
 
     def compile_(src: Path) -> str:
         exe = out / src.stem
-        subprocess.run(["gcc", "-Wall", "-Werror", f"-I{INCLUDE}", "-o", str(exe), str(src)], check=True)
+        subprocess.run(["gcc", "-Wall", "-Werror", *cflags, "-o", str(exe), str(src)], check=True)
         return str(exe)
     return compile_
 

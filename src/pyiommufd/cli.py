@@ -302,6 +302,10 @@ def cmd_emulate(args, out: Console, err: Console) -> int:
     from . import emulate
     from .profiles import get_profile
     from .system import System, Unit
+    if args.cflags:
+        from pathlib import Path
+        print(f"-I{Path(emulate.__file__).with_name('include')}")
+        return 0
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
@@ -498,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "program does is real.  Exit status: CMD's own (128+N if it died of signal N); 2 usage or "
                        "a bad --system file; 3 the interposer cannot be built or loaded.",
                        epilog="examples:\n"
+                       "  cc $(pyiommufd emulate --cflags) -o two_devices examples/two_devices.c\n"
                        "  pyiommufd emulate -- ./iommufd                      # the kernel's selftest, mock devices\n"
                        "  pyiommufd emulate --system scenarios/thread/noncc-first.toml -- ./my-vmm\n"
                        "  pyiommufd emulate --kernel 6.2 --system sys.toml --trace calls.jsonl -- ./my-vmm\n"
@@ -513,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--trace", metavar="OUT.jsonl", help="one JSON object per emulated call")
     m.add_argument("--record", metavar="OUT.toml", help="write a scenario file replaying the program's calls")
     m.add_argument("-q", "--quiet", action="store_true", help="do not print the device mapping on stderr")
+    m.add_argument("--cflags", action="store_true", help="print the compiler flag for the shipped Linux 6.12 "
+                   "iommufd.h / vfio.h (cc $(pyiommufd emulate --cflags) ...) and exit")
     m.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]", help="the program to run")
     m.set_defaults(fn=cmd_emulate)
     return p

@@ -88,8 +88,8 @@ def run(cmd: list[str], system: System, profile, *, trace: str | None = None, re
             proc = subprocess.Popen(cmd, env=env)
         except OSError as e:
             raise ScenarioError(f"emulate: cannot run {cmd[0]}: {e.strerror}") from None
-        server.serve(lambda: proc.poll() is not None)
-        rc = proc.returncode
+        server.serve(proc.pid)
+        rc = proc.wait()
     finally:
         signal.signal(signal.SIGINT, old_int)
         server.close()

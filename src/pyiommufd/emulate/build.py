@@ -12,7 +12,7 @@ from ..errors import EnvironmentMissing
 
 SOURCE = Path(__file__).with_name("preload.c")
 LIBNAME = "libpyiommufd-preload.so"
-CFLAGS = ["-shared", "-fPIC", "-O2", "-Wall", "-D_GNU_SOURCE"]
+CFLAGS = ["-shared", "-fPIC", "-O2", "-Wall"]
 
 
 def cache_dir() -> Path:

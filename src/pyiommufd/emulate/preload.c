@@ -65,8 +65,14 @@ static void *(*r_mmap)(void *, size_t, int, int, int, off_t);
 
 static char sock_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 static unsigned char emu[FDMAX];        /* 1: fd known to be an emulated file */
+static unsigned gen[FDMAX];             /* bumped whenever an fd number is (re)bound or closed */
 static __thread int chan = -1;          /* this thread's call channel */
 static __thread pid_t chan_pid;
+/* proved[fd] == gen[fd]: this channel has already passed the file at fd (SCM_RIGHTS) and the
+ * number still names it; the call then sends the number alone (the server only maps it to
+ * the file this connection proved it holds). */
+#define PROVED 1024
+static __thread unsigned *proved;
 
 #define RESOLVE(name) do { if (!r_##name) r_##name = dlsym(RTLD_NEXT, #name); } while (0)
 
@@ -101,8 +107,10 @@ static int is_emu(int fd)
 
 static void mark(int fd, int on)
 {
-	if (fd >= 0 && fd < FDMAX)
+	if (fd >= 0 && fd < FDMAX) {
 		emu[fd] = on;
+		__atomic_add_fetch(&gen[fd], 1, __ATOMIC_RELAXED);
+	}
 }
 
 __attribute__((constructor)) static void init(void)
@@ -119,15 +127,41 @@ __attribute__((constructor)) static void init(void)
 	while ((e = readdir(d))) {
 		int fd = atoi(e->d_name);
 		if (e->d_name[0] != '.' && fd != dirfd(d) && fd < FDMAX && probe(fd))
-			emu[fd] = 1;
+			mark(fd, 1);
 	}
 	closedir(d);
 }
 
 static int is_emulated_path(const char *path)
 {
-	return sock_path[0] && path &&
-	       (strcmp(path, "/dev/iommu") == 0 || strncmp(path, "/dev/vfio/", 10) == 0);
+	size_t n;
+	if (!sock_path[0] || !path)
+		return 0;
+	if (strcmp(path, "/dev/iommu") == 0 || strncmp(path, "/dev/vfio/", 10) == 0)
+		return 1;
+	/* the emulated kernel's fault injection: /proc/<pid>/task/<tid>/fail-nth */
+	n = strlen(path);
+	return strncmp(path, "/proc/", 6) == 0 && n > 9 && strcmp(path + n - 9, "/fail-nth") == 0;
+}
+
+/* The fault-injection knobs in debugfs (/sys/kernel/debug/fail*): the emulated kernel takes
+ * and ignores them (its injection points are the model's), so a program that sets them up, as
+ * iommufd_fail_nth does, finds fault injection there.  Relative to an open directory too. */
+static int is_fault_knob(int dirfd, const char *path)
+{
+	if (!sock_path[0] || !path)
+		return 0;
+	if (strncmp(path, "/sys/kernel/debug/fail", 22) == 0)
+		return 1;
+	if (path[0] == '/' || strncmp(path, "fail", 4) != 0 || dirfd < 0)
+		return 0;
+	char link[64], target[64];
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", dirfd);
+	ssize_t len = readlink(link, target, sizeof(target) - 1);
+	if (len < 0)
+		return 0;
+	target[len] = 0;
+	return strcmp(target, "/sys/kernel/debug") == 0;
 }
 
 /* ---- messages ---------------------------------------------------------------------- */
@@ -201,6 +235,10 @@ static int channel(void)
 	if (chan < 0)
 		return -1;
 	chan_pid = pid;
+	if (!proved)
+		proved = calloc(PROVED, sizeof(*proved));
+	else
+		memset(proved, 0, PROVED * sizeof(*proved));   /* a new connection has proved nothing */
 	struct hdr h;
 	int fd;
 	if (send_msg(chan, T_CHAN, 0, 0, 0, NULL, 0, -1))
@@ -240,7 +278,14 @@ static int64_t call(uint32_t type, int fd, int64_t a, int64_t b, const void *pay
 		errno = EIO;
 		return -1;
 	}
-	if (send_msg(s, type, a, b, 0, payload, len, fd)) {
+	int pass = fd;
+	unsigned g = 0;
+	if (fd >= 0 && fd < PROVED && proved) {
+		g = __atomic_load_n(&gen[fd], __ATOMIC_RELAXED);
+		if (proved[fd] == g)
+			pass = -1;
+	}
+	if (send_msg(s, type, a, b, fd, payload, len, pass)) {
 		int e = errno;
 		r_close(chan);
 		chan = -1;
@@ -304,6 +349,8 @@ static int64_t call(uint32_t type, int fd, int64_t a, int64_t b, const void *pay
 			}
 			send_msg(s, C_RET, rfd >= 0 ? 0 : EMFILE, rfd, 0, NULL, 0, -1);
 		} else if (h.type == S_DONE) {
+			if (pass >= 0 && pass < PROVED && proved && h.b != EBADF && h.b != ENOTTY)
+				proved[pass] = g;
 			/* payload: write-back records (u32 offset, u32 len, bytes) into `out`'s user copy,
 			 * or data for read() */
 			ret = h.a;
@@ -364,6 +411,8 @@ int open(const char *path, int flags, ...)
 	if (is_emulated_path(path))
 		return emu_open(path, flags);
 	RESOLVE(open);
+	if (is_fault_knob(AT_FDCWD, path))
+		return r_open("/dev/null", (flags & O_CLOEXEC) | O_WRONLY);
 	return r_open(path, flags, mode);
 }
 
@@ -373,6 +422,8 @@ int open64(const char *path, int flags, ...)
 	if (is_emulated_path(path))
 		return emu_open(path, flags);
 	RESOLVE(open64);
+	if (is_fault_knob(AT_FDCWD, path))
+		return r_open64("/dev/null", (flags & O_CLOEXEC) | O_WRONLY);
 	return r_open64(path, flags, mode);
 }
 
@@ -382,6 +433,8 @@ int openat(int dirfd, const char *path, int flags, ...)
 	if (is_emulated_path(path))
 		return emu_open(path, flags);
 	RESOLVE(openat);
+	if (is_fault_knob(dirfd, path))
+		return r_openat(AT_FDCWD, "/dev/null", (flags & O_CLOEXEC) | O_WRONLY);
 	return r_openat(dirfd, path, flags, mode);
 }
 
@@ -391,6 +444,8 @@ int openat64(int dirfd, const char *path, int flags, ...)
 	if (is_emulated_path(path))
 		return emu_open(path, flags);
 	RESOLVE(openat64);
+	if (is_fault_knob(dirfd, path))
+		return r_openat64(AT_FDCWD, "/dev/null", (flags & O_CLOEXEC) | O_WRONLY);
 	return r_openat64(dirfd, path, flags, mode);
 }
 
@@ -407,6 +462,33 @@ int close(int fd)
 		chan = -1;      /* the program closed our channel's number: make a new one next time */
 	mark(fd, 0);
 	return r_close(fd);
+}
+
+static void forget_range(unsigned first, unsigned last)
+{
+	for (unsigned fd = first; fd <= last && fd < FDMAX; fd++)
+		if (emu[fd])
+			mark((int)fd, 0);
+	if (chan >= 0 && (unsigned)chan >= first && (unsigned)chan <= last)
+		chan = -1;
+}
+
+int close_range(unsigned first, unsigned last, int flags)
+{
+	static int (*r_close_range)(unsigned, unsigned, int);
+	RESOLVE(close_range);
+	int r = r_close_range(first, last, flags);
+	if (r == 0 && !(flags & 4 /* CLOSE_RANGE_CLOEXEC */))
+		forget_range(first, last);
+	return r;
+}
+
+void closefrom(int lowfd)
+{
+	static void (*r_closefrom)(int);
+	RESOLVE(closefrom);
+	r_closefrom(lowfd);
+	forget_range(lowfd < 0 ? 0 : (unsigned)lowfd, ~0u);
 }
 
 static int dup_result(int oldfd, int newfd)
@@ -537,6 +619,23 @@ ssize_t write(int fd, const void *buf, size_t count)
 	free(data);
 	return r;
 }
+
+/* pread/pwrite: files of the emulated kernel ignore the offset (fail-nth is read from 0) */
+ssize_t pread(int fd, void *buf, size_t count, off_t off)
+{
+	static ssize_t (*r_pread)(int, void *, size_t, off_t);
+	RESOLVE(pread);
+	return is_emu(fd) ? read(fd, buf, count) : r_pread(fd, buf, count, off);
+}
+ssize_t pread64(int fd, void *buf, size_t count, off_t off) __attribute__((alias("pread")));
+
+ssize_t pwrite(int fd, const void *buf, size_t count, off_t off)
+{
+	static ssize_t (*r_pwrite)(int, const void *, size_t, off_t);
+	RESOLVE(pwrite);
+	return is_emu(fd) ? write(fd, buf, count) : r_pwrite(fd, buf, count, off);
+}
+ssize_t pwrite64(int fd, const void *buf, size_t count, off_t off) __attribute__((alias("pwrite")));
 
 void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {

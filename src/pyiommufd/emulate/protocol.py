@@ -6,8 +6,10 @@ Client -> server
   T_OPEN  (first message of a file connection) payload path, a = open flags, SCM_RIGHTS: the
           connection's own client end (its inode names the file in later calls)
   T_CHAN  (first message of a call channel)
-  T_IOCTL a = request, b = arg, payload = the first bytes at arg (prefetch), SCM_RIGHTS: the fd
-  T_READ  a = count, SCM_RIGHTS: the fd;  T_WRITE payload = data, SCM_RIGHTS: the fd
+  T_IOCTL a = request, b = arg, c = the fd number, payload = the first bytes at arg (prefetch),
+          SCM_RIGHTS: the file at that number -- left out once this channel has passed it and
+          the number still names it (the server maps the number to the file proved before)
+  T_READ  a = count;  T_WRITE payload = data;  c and SCM_RIGHTS as for T_IOCTL
   T_STAT  payload path: does the emulated path exist?
 Server -> client during a call, each answered before the next
   S_READ  a = addr, b = len, c = 1 if a short read is fine   -> C_DATA a = errno, payload
@@ -31,16 +33,11 @@ WB = struct.Struct("<II")
 
 
 def writeback_records(before: bytes, after: bytes) -> bytes:
-    """Only what changed, as (offset, len, bytes) runs: what copy_to_user wrote."""
-    out = []
-    i, n = 0, min(len(before), len(after))
-    while i < n:
-        if before[i] == after[i]:
-            i += 1
-            continue
-        j = i
-        while j < n and before[j] != after[j]:
-            j += 1
-        out.append(WB.pack(i, j - i) + after[i:j])
-        i = j
-    return b"".join(out)
+    """What copy_to_user wrote, as one (offset, len, bytes) run from the first to the last
+    changed byte (the kernel writes the whole struct back; this leaves the rest untouched)."""
+    n = min(len(before), len(after))
+    x = int.from_bytes(before[:n], "little") ^ int.from_bytes(after[:n], "little")
+    if not x:
+        return b""
+    lo, hi = ((x & -x).bit_length() - 1) // 8, (x.bit_length() - 1) // 8
+    return WB.pack(lo, hi - lo + 1) + bytes(after[lo:hi + 1])

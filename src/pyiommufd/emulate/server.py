@@ -19,6 +19,7 @@ from __future__ import annotations
 import array
 import errno
 import os
+import select
 import selectors
 import socket
 import struct
@@ -27,7 +28,7 @@ import time
 
 from .. import uapi
 from ..errors import EmulationGap
-from ..kernel import host as khost
+from ..kernel import fault_inject, host as khost
 from ..kernel.err import KernelErr
 from ..kernel.main import IommufdCtx
 from . import protocol as P
@@ -46,9 +47,10 @@ class ClientGone(KernelErr):
 
 
 class Conn:
-    """One connection: a call channel, or an emulated file (``host_fd`` set)."""
+    """One connection: a call channel, or an emulated file (``host_fd`` set).  A channel's
+    ``proved`` maps the fd numbers whose files it has passed (SCM_RIGHTS) to those files."""
 
-    __slots__ = ("sock", "pid", "host_fd", "path", "ino", "dead")
+    __slots__ = ("sock", "pid", "host_fd", "path", "ino", "dead", "proved")
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
@@ -58,6 +60,9 @@ class Conn:
         self.path = None
         self.ino = None
         self.dead = False
+        self.proved: dict[int, Conn] = {}
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                        struct.pack("ll", int(CALL_TIMEOUT), int(CALL_TIMEOUT % 1 * 1e6)))
 
     def send(self, type_: int, a: int = 0, b: int = 0, c: int = 0, payload: bytes = b"", fds=()) -> None:
         msg = [P.HDR.pack(type_, len(payload), a, b, c) + payload]
@@ -68,9 +73,9 @@ class Conn:
             self.dead = True
             raise ClientGone(f"send: {e}") from None
 
-    def recv(self, timeout: float | None = CALL_TIMEOUT):
-        """One message: (type, a, b, c, payload, fds).  ClientGone on EOF, error or timeout."""
-        self.sock.settimeout(timeout)
+    def recv(self):
+        """One message: (type, a, b, c, payload, fds).  ClientGone on EOF, error or timeout
+        (SO_RCVTIMEO, set once per connection: no extra system call per message)."""
         try:
             data, anc, _flags, _ = self.sock.recvmsg(P.HDR.size + P.MAXMSG,
                                                      socket.CMSG_SPACE(4 * 4))
@@ -286,8 +291,9 @@ class Server:
         self.listener.setblocking(False)
         self.sel = selectors.DefaultSelector()
         self.sel.register(self.listener, selectors.EVENT_READ, "listen")
-        self.fsel = selectors.DefaultSelector()     # file connections: readable means released
-        self.sel.register(self.fsel.fileno(), selectors.EVENT_READ, "files")
+        self.fpoll = select.epoll()                 # file connections: readable means released
+        self.sel.register(self.fpoll.fileno(), selectors.EVENT_READ, "files")
+        self.by_fileno: dict[int, Conn] = {}
         self.by_ino: dict[int, Conn] = {}
         self.gaps: set[str] = set()
         self.calls = 0
@@ -306,7 +312,8 @@ class Server:
         conn.host_fd, conn.ino, conn.path = host_fd, ino, path
         self.by_ino[ino] = conn
         conn.sock.setblocking(False)
-        self.fsel.register(conn.sock, selectors.EVENT_READ, conn)
+        self.by_fileno[conn.sock.fileno()] = conn
+        self.fpoll.register(conn.sock.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
 
     def new_file_socket(self, host_fd: int) -> socket.socket:
         """A file the kernel made inside a call (a group's device fd, a fault queue, an
@@ -326,8 +333,8 @@ class Server:
     def drain_releases(self) -> None:
         """Release every file whose last reference is gone (the socket reads EOF).  Run before
         each call: a close() in the program happened before its next call, as in the kernel."""
-        for key, _ in self.fsel.select(0):
-            conn = key.data
+        for fileno, _ in self.fpoll.poll(0):
+            conn = self.by_fileno[fileno]
             try:
                 data = conn.sock.recv(P.HDR.size + 16)
             except BlockingIOError:
@@ -336,7 +343,8 @@ class Server:
                 data = b""
             if data:
                 continue          # files carry no data; ignore stray bytes
-            self.fsel.unregister(conn.sock)
+            self.fpoll.unregister(fileno)
+            del self.by_fileno[fileno]
             conn.sock.close()
             del self.by_ino[conn.ino]
             self._set_caller(None)
@@ -354,21 +362,31 @@ class Server:
                 self.recorder.closed(conn.host_fd)
 
     # -- the loop ------------------------------------------------------------------------------
-    def serve(self, done) -> None:
-        """Serve until ``done()`` is true (checked after every event and every 50 ms)."""
-        while not done():
-            for key, _ in self.sel.select(0.05):
-                if key.data == "listen":
-                    self._accept()
-                elif key.data == "files":
-                    self.drain_releases()
-                else:
-                    self._channel(key.data)
-        self.drain_releases()
+    def serve(self, pid: int) -> None:
+        """Serve until process ``pid`` (the command) exits: its pidfd is one of the events."""
+        pidfd = os.pidfd_open(pid)
+        self.sel.register(pidfd, selectors.EVENT_READ, "exit")
+        try:
+            while True:
+                for key, _ in self.sel.select():
+                    data = key.data
+                    if data.__class__ is Conn:
+                        self._channel(data)
+                    elif data == "listen":
+                        self._accept()
+                    elif data == "files":
+                        self.drain_releases()
+                    else:
+                        self.drain_releases()
+                        return
+        finally:
+            self.sel.unregister(pidfd)
+            os.close(pidfd)
 
     def close(self) -> None:
-        for key in list(self.fsel.get_map().values()):
-            key.fileobj.close()
+        for conn in self.by_fileno.values():
+            conn.sock.close()
+        self.fpoll.close()
         for key in list(self.sel.get_map().values()):
             if isinstance(key.data, Conn):
                 key.fileobj.close()
@@ -386,13 +404,12 @@ class Server:
                 return
             conn = Conn(sock)
             try:
-                type_, a, _b, _c, payload, fds = conn.recv(timeout=5.0)
+                type_, a, _b, _c, payload, fds = conn.recv()   # sent right after connect
             except ClientGone:
                 sock.close()
                 continue
             if type_ == P.T_CHAN:
                 conn.send(P.C_RET)
-                sock.setblocking(False)
                 self.sel.register(sock, selectors.EVENT_READ, conn)
             elif type_ == P.T_OPEN and len(fds) == 1:
                 self._open(conn, payload.decode(errors="replace"), a, fds[0])
@@ -408,6 +425,7 @@ class Server:
         self.drain_releases()
         t0 = time.perf_counter()
         self._set_caller(None)
+        self.host.task = conn.pid
         err, host_fd = 0, None
         try:
             host_fd = self.host.open(self.paths.get(path, path))
@@ -432,7 +450,7 @@ class Server:
 
     def _channel(self, conn: Conn) -> None:
         try:
-            type_, a, b, _c, payload, fds = conn.recv(timeout=None)
+            type_, a, b, number, payload, fds = conn.recv()
         except ClientGone:
             self.sel.unregister(conn.sock)
             conn.sock.close()
@@ -445,15 +463,19 @@ class Server:
                     else self._exists(path)
                 conn.send(P.S_DONE, 0 if ok else -1, 0 if ok else errno.ENOENT)
                 return
-            if len(fds) != 1:
+            if len(fds) == 1:
+                entry = self.file_of(fds[0])
+                if entry is None:
+                    conn.send(P.S_DONE, -1, errno.ENOTTY)
+                    return
+                conn.proved[number] = entry
+            else:
                 for fd in fds:
                     os.close(fd)
-                conn.send(P.S_DONE, -1, errno.EBADF)
-                return
-            entry = self.file_of(fds[0])
-            if entry is None:
-                conn.send(P.S_DONE, -1, errno.ENOTTY)
-                return
+                entry = conn.proved.get(number) if not fds else None
+                if entry is None or self.by_ino.get(entry.ino) is not entry:
+                    conn.send(P.S_DONE, -1, errno.EBADF)
+                    return
             if type_ == P.T_IOCTL:
                 self._ioctl(conn, entry, a, b, payload)
             elif type_ == P.T_READ:
@@ -480,9 +502,9 @@ class Server:
 
     def _set_caller(self, conn: Conn | None, mem=None) -> None:
         if conn is None:
-            self.host.mem, self.host.fds = _NO_MEM, _NO_FDS
+            self.host.mem, self.host.fds, self.host.task = _NO_MEM, _NO_FDS, 0
         else:
-            self.host.mem, self.host.fds = mem, ClientFds(self, conn)
+            self.host.mem, self.host.fds, self.host.task = mem, ClientFds(self, conn), conn.pid
 
     # -- calls ---------------------------------------------------------------------------------
     def _argument(self, entry: Conn, request: int, arg: int, mem: ClientMemory):
@@ -523,6 +545,7 @@ class Server:
         self._set_caller(conn, mem)
         before = buf = None
         result, err, detail = -1, 0, ""
+        armed = fault_inject.arm(self.host, conn.pid) if self.host.task_fail_nth else 0
         try:
             buf, real_size = self._argument(entry, request, arg, mem)
             before = bytes(buf)
@@ -540,6 +563,9 @@ class Server:
             if name not in self.gaps:
                 self.gaps.add(name)
                 print(f"pyiommufd emulate: {e} (answered ENOTTY)", file=sys.stderr)
+        finally:
+            if armed:
+                fault_inject.disarm(self.host, conn.pid, armed)
         # The model changes ``buf`` only where the kernel copies to the user: on success, and on
         # the errors returned after iommufd_ucmd_respond (IOAS_IOVA_RANGES' EMSGSIZE, the unmapped
         # length of a failed VFIO_IOMMU_UNMAP_DMA): write back whatever changed.

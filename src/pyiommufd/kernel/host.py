@@ -15,7 +15,7 @@ import errno
 from .. import uapi
 from ..errors import EmulationGap
 from . import device as idevice
-from . import fault, hw_pagetable, ioas, kvm as kvmmod, selftest, selftest_pages, vfio, vfio_compat
+from . import fault, fault_inject, hw_pagetable, ioas, kvm as kvmmod, selftest, selftest_pages, vfio, vfio_compat
 from .drivers import DRIVERS
 from .drivers.mock import MockDev, MockDriver
 from .drivers.base import Domain
@@ -232,6 +232,8 @@ class Host:
         self.cap_ipc_lock = True       # root: pinned pages are not charged to RLIMIT_MEMLOCK
         self.cap_sys_resource = True   # root: IOMMU_OPTION_RLIMIT_MODE may be set
         self.test_memory_limit = 65536  # selftest.c iommufd_test_memory_limit (module-wide)
+        self.task = 0          # the calling task (pyiommufd emulate: its pid; in-process: 0)
+        self.task_fail_nth: dict[int, int] = {}   # task->fail_nth (kernel/fault_inject.py)
 
     # -- bookkeeping ---------------------------------------------------------------
     def new_domain(self, driver: str, **kw) -> Domain:
@@ -296,6 +298,13 @@ class Host:
             ctx.refs = 1
             self.ctxs[fd] = ctx
             self.files[fd] = ctx
+            return fd
+        m = fault_inject.PATH.match(path)
+        if m:   # /proc/<pid>/task/<tid>/fail-nth: the caller's (a task is a process here)
+            f = fault_inject.FailNthFile(self.task)
+            f.refs = 1
+            fd = self._new_fd()
+            self.files[fd] = f
             return fd
         if path.startswith("/dev/vfio/devices/vfio"):
             if not self.profile.vfio_cdev:
