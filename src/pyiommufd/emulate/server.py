@@ -99,6 +99,11 @@ class ClientMemory:
     def __init__(self, conn: Conn, base: int, head: bytes):
         self.conn, self.base, self.head = conn, base, head
 
+    @property
+    def mm_key(self):
+        """The address space's identity (kernel/pages.py mm_key): one per client process."""
+        return ("pid", self.conn.pid)
+
     def _ask(self, addr: int, length: int, partial: bool) -> bytes:
         out = bytearray()
         while len(out) < length:
@@ -449,7 +454,7 @@ class Server:
         mem = ClientMemory(conn, arg, head)
         self._set_caller(conn, mem)
         before = buf = None
-        result, err, detail = -1, 0, ""
+        result, err, detail, responded = -1, 0, "", False
         try:
             buf, real_size = self._argument(entry, request, arg, mem)
             before = bytes(buf)
@@ -461,13 +466,15 @@ class Server:
             raise
         except KernelErr as e:
             err, detail = e.errno, e.detail
+            responded = e.respond   # iommufd_ucmd_respond ran before the error: the struct is copied back
         except EmulationGap as e:
             err, detail = errno.ENOTTY, str(e)
             name = uapi.request_name(request)
             if name not in self.gaps:
                 self.gaps.add(name)
                 print(f"pyiommufd emulate: {e} (answered ENOTTY)", file=sys.stderr)
-        wb = b"" if err or before is None else P.writeback_records(before, bytes(buf[:len(before)]))
+        wb = (b"" if (err and not responded) or before is None
+              else P.writeback_records(before, bytes(buf[:len(before)])))
         conn.send(P.S_DONE, -1 if err else result, err, payload=wb)
         if self.trace is not None or self.recorder is not None:
             rec = {"pid": conn.pid, "fd_kind": _fd_kind(self.host, entry.host_fd), "call": "ioctl",
