@@ -169,11 +169,15 @@ class ClientMemory:
 
     def __init__(self, conn: Conn, base: int, head: bytes):
         self.conn, self.base, self.head = conn, base, head
-        self.mm_key = ("pid", conn.pid)
 
     def probe(self, addr: int, length: int) -> None:
         if not _mapped(self.conn.pid, addr, length):
             raise KernelErr(errno.EFAULT, f"[{addr:#x}, +{length:#x}) not mapped in the caller")
+
+    @property
+    def mm_key(self):
+        """The address space's identity (kernel/pages.py mm_key): one per client process."""
+        return ("pid", self.conn.pid)
 
     def _ask(self, addr: int, length: int, partial: bool) -> bytes:
         out = bytearray()
@@ -544,7 +548,7 @@ class Server:
         mem = ClientMemory(conn, arg, head)
         self._set_caller(conn, mem)
         before = buf = None
-        result, err, detail = -1, 0, ""
+        result, err, detail, responded = -1, 0, "", False
         armed = fault_inject.arm(self.host, conn.pid) if self.host.task_fail_nth else 0
         try:
             buf, real_size = self._argument(entry, request, arg, mem)
@@ -557,6 +561,7 @@ class Server:
             raise
         except KernelErr as e:
             err, detail = e.errno, e.detail
+            responded = e.respond   # iommufd_ucmd_respond ran before the error: the struct is copied back
         except EmulationGap as e:
             err, detail = errno.ENOTTY, str(e)
             name = uapi.request_name(request)
@@ -566,10 +571,8 @@ class Server:
         finally:
             if armed:
                 fault_inject.disarm(self.host, conn.pid, armed)
-        # The model changes ``buf`` only where the kernel copies to the user: on success, and on
-        # the errors returned after iommufd_ucmd_respond (IOAS_IOVA_RANGES' EMSGSIZE, the unmapped
-        # length of a failed VFIO_IOMMU_UNMAP_DMA): write back whatever changed.
-        wb = b"" if before is None or buf is None else P.writeback_records(before, bytes(buf[:len(before)]))
+        wb = (b"" if (err and not responded) or before is None
+              else P.writeback_records(before, bytes(buf[:len(before)])))
         conn.send(P.S_DONE, -1 if err else result, err, payload=wb)
         if self.trace is not None or self.recorder is not None:
             rec = {"pid": conn.pid, "fd_kind": _fd_kind(self.host, entry.host_fd), "call": "ioctl",

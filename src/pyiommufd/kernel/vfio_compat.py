@@ -110,8 +110,9 @@ def unmap_dma(ctx, buf) -> None:
         except KernelErr as e:
             err, unmapped = e, e.partial or 0
     u.size = unmapped
-    mv[:minsz] = bytes(u)[:minsz]   # copy_to_user(arg, &unmap, minsz)
+    mv[:minsz] = bytes(u)[:minsz]   # copy_to_user(arg, &unmap, minsz), also before an error
     if err is not None:
+        err.respond = True
         raise err
 
 
