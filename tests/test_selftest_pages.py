@@ -659,7 +659,7 @@ def test_vfio_compat_unmap_inside_a_mapping(version):
         if version == uapi.VFIO_TYPE1_IOMMU:
             assert rc == 0 and um.size == piece
         else:
-            assert rc == errno.ENOENT
+            assert rc == errno.ENOENT and um.size == 0   # the length unmapped is copied back anyway
     iopt = st.h.ctxs[st.fd].objects[ioas].iopt
     assert len(iopt.areas) == (0 if version == uapi.VFIO_TYPE1_IOMMU else 1)
     assert st.refs(buf, size, 0 if version == uapi.VFIO_TYPE1_IOMMU else 1) == 0
@@ -694,3 +694,55 @@ def test_clone_keeps_shared_pages_shared():
     assert p_src is p_dst and p_src.mm is clone.mem and p_src is not st.h.ctxs[st.fd].objects[src].iopt.area_src[
         APERTURE].pages
     assert copy.deepcopy(st.h).snapshot() == st.h.snapshot()
+
+
+# -- fail-nth: every injected failure leaves the state as it was ---------------------------------------
+def _setup_mapped(domain: bool, access: bool = False):
+    st = St()
+    src = st.ioas_alloc()
+    st.map(src, st.buffer, BUFFER_SIZE, iova=APERTURE)
+    dst = st.ioas_alloc()
+    if domain:
+        st.mock_domain(dst)
+    if access:
+        st.afd = st.create_access(src)
+    return st, src, dst
+
+
+FINALS = {
+    "map-pins": (lambda: _setup_mapped(True), lambda st, src, dst: st.map(dst, st.buffer, BUFFER_SIZE)),
+    "domain-fill": (lambda: _setup_mapped(False), lambda st, src, dst: st.mock_domain(src)),
+    "copy-pins": (lambda: _setup_mapped(True),
+                  lambda st, src, dst: st.ioctl(uapi.IOMMU_IOAS_COPY, uapi.iommu_ioas_copy(
+                      size=40, flags=6, dst_ioas_id=dst, src_ioas_id=src, src_iova=APERTURE + PAGE,
+                      length=4 * PAGE))),
+    "access-pages": (lambda: _setup_mapped(True, access=True),
+                     lambda st, src, dst: st.access_pages(st.afd, APERTURE, 4 * PAGE)),
+    "create-access": (lambda: _setup_mapped(True), lambda st, src, dst: st.create_access(src)),
+}
+
+
+@pytest.mark.parametrize("name", FINALS)
+def test_fail_nth_leaves_state_unchanged(name):
+    setup, final = FINALS[name]
+    n = 1
+    while True:
+        st, src, dst = setup()
+        before = st.h.snapshot()
+        nfiles = set(st.h.files)
+        st.h.fallible_count, st.h.fail_nth = 0, n
+        try:
+            final(st, src, dst)
+            failed = False
+        except KernelErr as e:
+            assert "fail-nth" in e.detail and e.errno in (errno.ENOMEM, errno.EFAULT), e.detail
+            failed = True
+        st.h.fail_nth = 0
+        if not failed:
+            break
+        assert set(st.h.files) == nfiles and st.h.snapshot() == before, f"fail_nth={n} changed the state"
+        for f in set(st.h.files) - {st.fd}:
+            st.h.close(f)
+        assert st.teardown_refs() == 0
+        n += 1
+    assert n > 1          # the sweep met at least one failure point

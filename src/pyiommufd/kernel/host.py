@@ -240,11 +240,12 @@ class Host:
         self.domain_serial += 1
         return Domain(driver, self.domain_serial, **kw)
 
-    def fallible(self, what: str) -> None:
-        """A step that can fail in the kernel (allocation, reserved regions): fail-nth hook."""
+    def fallible(self, what: str, err: int = errno.ENOMEM) -> None:
+        """A step that can fail in the kernel (allocation, reserved regions, an
+        iommufd_should_fail() site): fail-nth hook; ``err`` is what that site returns."""
         self.fallible_count += 1
         if self.fail_nth and self.fallible_count == self.fail_nth:
-            raise KernelErr(errno.ENOMEM, f"fail-nth: injected failure at {what}")
+            raise KernelErr(err, f"fail-nth: injected failure at {what}")
 
     def driver_of(self, dev):
         """dev_iommu_ops(dev): the mock driver for a mock device, else the system's IOMMU."""

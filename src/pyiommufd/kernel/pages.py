@@ -134,6 +134,7 @@ class IopPages:
         mem = source_mem(host, self)
         if mem is None:
             raise KernelErr(errno.EFAULT, "the process that mapped these pages has exited (mmget_not_zero)")
+        host.fallible("pfn_reader_user_pin", errno.EFAULT)   # its iommufd_should_fail()
         probe_user(mem, self.uptr + start * PAGE_SIZE, (last - start + 1) * PAGE_SIZE)
 
     # -- domains_itree -------------------------------------------------------------------
@@ -207,6 +208,7 @@ def alloc_pages(host, uptr: int, length: int, writable: bool, ctx_account_mode: 
         raise KernelErr(errno.EOVERFLOW, "user_va + length overflows")
     base = uptr & ~(PAGE_SIZE - 1)
     npages = -(-(length + uptr - base) // PAGE_SIZE)
+    host.fallible("iopt_pages alloc")
     mode = ACCOUNT_NONE if getattr(host, "cap_ipc_lock", True) else ACCOUNT_USER
     if ctx_account_mode == ACCOUNT_MM and mode == ACCOUNT_USER:
         mode = ACCOUNT_MM

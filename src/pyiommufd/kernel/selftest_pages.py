@@ -173,6 +173,11 @@ def test_access_pages(ctx: IommufdCtx, cmd) -> None:
         except KernelErr:
             iaccess.unpin_pages(staccess.access, iova, length)
             raise
+    try:
+        ctx.host.fallible("selftest_access_item alloc")
+    except KernelErr:
+        iaccess.unpin_pages(staccess.access, iova, length)
+        raise
     item_id = staccess.next_id
     staccess.next_id += 1
     staccess.items.append((item_id, iova, length))
