@@ -151,7 +151,7 @@ def nested_alloc(ctx: IommufdCtx, parent: HwptPaging, idev, flags: int, user_dat
     NEST_PARENT of the same driver (EINVAL); the driver checks and copies the data."""
     host = ctx.host
     driver = host.driver_of(idev.dev)
-    allowed = uapi.IOMMU_HWPT_FAULT_ID_VALID if has_fault_queues(host.profile) else 0
+    allowed = uapi.IOMMU_HWPT_FAULT_ID_VALID if host.profile.has("6.11") else 0   # fault.c
     if flags & ~allowed or not user_data.len or not driver.has_domain_alloc_user:
         raise KernelErr(errno.EOPNOTSUPP, "nested HWPT: no flags but FAULT_ID_VALID, and data required")
     if parent.auto_domain or not parent.nest_parent or host.driver_of_domain(parent.domain) is not driver:
@@ -167,11 +167,6 @@ def nested_alloc(ctx: IommufdCtx, parent: HwptPaging, idev, flags: int, user_dat
         ctx.abort(hwpt)
         raise
     return hwpt
-
-
-def has_fault_queues(profile) -> bool:
-    """IOMMU_FAULT_QUEUE_ALLOC and IOMMU_HWPT_FAULT_ID_VALID exist (v6.11, fault.c)."""
-    return profile.kernel is None or tuple(int(x) for x in profile.kernel.split(".")[:2]) >= (6, 11)
 
 
 def hwpt_alloc(ctx: IommufdCtx, cmd) -> None:
