@@ -494,3 +494,21 @@ def test_state_with_mock_objects_clones_and_snapshots(m):
     assert copy.snapshot() == m.host.snapshot()
     m.host.close(fa.out_fault_fd)
     assert copy.snapshot() != m.host.snapshot()
+
+
+def test_mock_device_cannot_join_another_drivers_domain():
+    """__iommu_attach_group: dev_iommu_ops(dev) != domain->owner -> EINVAL; a mock device next to
+    Intel devices gets its own mock domain from the auto search, and cannot be put on an Intel HWPT."""
+    from pyiommufd.client import Iommufd, VfioDevice
+    emu = emulated(System.simple("intel", devices={"nic": True}), "linux-6.12")
+    ifd = Iommufd(emu.transport)
+    ioas = ifd.ioas_alloc()
+    nic = VfioDevice(emu.transport, emu.cdev_path("nic"))
+    nic.bind(ifd)
+    intel_hwpt = nic.attach(ioas.id)
+    m = Mock.__new__(Mock)
+    m.host, m.fd = emu.host, ifd.fd
+    _, mock_hwpt, _ = m.mock_domain(ioas.id)
+    assert mock_hwpt != intel_hwpt
+    assert m.host.ctxs[m.fd].objects[mock_hwpt].domain.driver == "mock"
+    assert m.err(T.IOMMU_TEST_CMD, m.test(T.IOMMU_TEST_OP_MOCK_DOMAIN, intel_hwpt)) == errno.EINVAL
