@@ -17,6 +17,7 @@ the call, as the kernel's do) and gets no answer.
 from __future__ import annotations
 
 import array
+import ctypes
 import errno
 import os
 import select
@@ -50,7 +51,7 @@ class Conn:
     """One connection: a call channel, or an emulated file (``host_fd`` set).  A channel's
     ``proved`` maps the fd numbers whose files it has passed (SCM_RIGHTS) to those files."""
 
-    __slots__ = ("sock", "pid", "host_fd", "path", "ino", "dead", "proved")
+    __slots__ = ("sock", "pid", "host_fd", "path", "ino", "dead", "proved", "mm")
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
@@ -61,6 +62,7 @@ class Conn:
         self.ino = None
         self.dead = False
         self.proved: dict[int, Conn] = {}
+        self.mm = None
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
                         struct.pack("ll", int(CALL_TIMEOUT), int(CALL_TIMEOUT % 1 * 1e6)))
 
@@ -97,12 +99,102 @@ class Conn:
         return type_, a, b, c, data[P.HDR.size:P.HDR.size + length], fds
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+for _fn in (_libc.process_vm_readv, _libc.process_vm_writev):
+    _fn.argtypes = [ctypes.c_int, ctypes.POINTER(_Iovec), ctypes.c_ulong, ctypes.POINTER(_Iovec),
+                    ctypes.c_ulong, ctypes.c_ulong]
+    _fn.restype = ctypes.c_ssize_t
+
+
+class ProcessMm:
+    """The address space of one program process (struct mm_struct as iommufd holds it:
+    iopt_pages->source_mm).  The process is the one at the other end of a call channel: its pid
+    comes from SO_PEERCRED when it connected, and a pidfd taken while it waited for the answer
+    tells when it is gone.  Reads and writes are process_vm_readv/writev, which honour the
+    page protections as copy_from_user / copy_to_user do; a gone process reads as EFAULT
+    (mmget_not_zero fails)."""
+
+    __slots__ = ("pid", "pidfd", "usable")
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.usable = True
+        try:
+            self.pidfd = os.pidfd_open(pid)
+        except OSError:
+            self.pidfd, self.usable = None, False
+
+    def alive(self) -> bool:
+        if self.pidfd is None:
+            return False
+        return not select.select([self.pidfd], [], [], 0)[0]
+
+    def __del__(self) -> None:   # the model may keep an mm longer than the channel (an area's)
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+
+    def _xfer(self, fn, addr: int, buf, length: int) -> int:
+        """Bytes moved, or -errno."""
+        local = _Iovec(ctypes.addressof(buf), length)
+        remote = _Iovec(addr, length)
+        n = fn(self.pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+        return n if n >= 0 else -ctypes.get_errno()
+
+    def read_upto(self, addr: int, length: int):
+        """Up to ``length`` readable bytes at ``addr``; None if this process cannot be read
+        from here (no ptrace permission: the caller asks the program instead)."""
+        if not self.usable:
+            return None
+        if not self.alive():
+            raise KernelErr(errno.EFAULT, f"process {self.pid} is gone")
+        buf = ctypes.create_string_buffer(max(length, 1))
+        n = self._xfer(_libc.process_vm_readv, addr, buf, length)
+        if n == -errno.EPERM:
+            self.usable = False
+            return None
+        if n == -errno.ESRCH:
+            raise KernelErr(errno.EFAULT, f"process {self.pid} is gone")
+        return buf.raw[:max(n, 0)]
+
+    def read(self, addr: int, length: int):
+        data = self.read_upto(addr, length)
+        if data is not None and len(data) != length:
+            raise KernelErr(errno.EFAULT, f"user address {addr + len(data):#x} not readable")
+        return data
+
+    def write(self, addr: int, data: bytes):
+        """True when written; None when the program must be asked; KernelErr(EFAULT)."""
+        if not self.usable:
+            return None
+        if not self.alive():
+            raise KernelErr(errno.EFAULT, f"process {self.pid} is gone")
+        buf = ctypes.create_string_buffer(bytes(data), max(len(data), 1))
+        n = self._xfer(_libc.process_vm_writev, addr, buf, len(data))
+        if n == -errno.EPERM:
+            self.usable = False
+            return None
+        if n != len(data):
+            raise KernelErr(errno.EFAULT, f"user address {addr:#x} not writable")
+        return True
+
+
 class ClientMemory:
     """copy_from_user / copy_to_user on the calling process: ``host.mem`` during a call.
-    Reads inside the prefetched head of the argument cost nothing; the rest is asked for."""
+    Reads inside the prefetched head of the argument cost nothing; the rest goes through the
+    process's ProcessMm, or, where this server may not read it (ptrace rules), is asked for."""
 
     def __init__(self, conn: Conn, base: int, head: bytes):
         self.conn, self.base, self.head = conn, base, head
+
+    def mm(self):
+        """The caller's address space, to keep beyond this call (iopt_pages->source_mm)."""
+        return self.conn.mm
 
     def _ask(self, addr: int, length: int, partial: bool) -> bytes:
         out = bytearray()
@@ -127,16 +219,28 @@ class ClientMemory:
             return self.head[off:off + length]
         if addr < 0 or addr + length > 1 << 64:
             raise KernelErr(errno.EFAULT, f"user address {addr:#x} out of range")
-        return self._ask(addr, length, False)
+        data = self.conn.mm.read(addr, length)
+        return data if data is not None else self._ask(addr, length, False)
 
     def read_upto(self, addr: int, length: int) -> bytes:
         """As many bytes as are readable from ``addr``, up to ``length``."""
         off = addr - self.base
         if off == 0 and length <= len(self.head):
             return self.head[:length]
-        return self._ask(addr, length, True)
+        data = self.conn.mm.read_upto(addr, length)
+        return data if data is not None else self._ask(addr, length, True)
 
     def write(self, addr: int, data: bytes) -> None:
+        if self.conn.mm.write(addr, data) is None:
+            self._ask_write(addr, data)
+        off = addr - self.base   # keep the cached head coherent with what was written
+        if off < len(self.head) and off + len(data) > 0:
+            head = bytearray(self.head)
+            lo, hi = max(off, 0), min(off + len(data), len(head))
+            head[lo:hi] = data[lo - off:hi - off]
+            self.head = bytes(head)
+
+    def _ask_write(self, addr: int, data: bytes) -> None:
         for i in range(0, len(data), P.MAXMSG):
             chunk = bytes(data[i:i + P.MAXMSG])
             self.conn.send(P.S_WRITE, addr + i, payload=chunk)
@@ -145,12 +249,6 @@ class ClientMemory:
                 raise ClientGone("protocol error: expected C_RET")
             if err:
                 raise KernelErr(err, f"user address {addr + i:#x} not writable")
-        off = addr - self.base   # keep the cached head coherent with what was written
-        if off < len(self.head) and off + len(data) > 0:
-            head = bytearray(self.head)
-            lo, hi = max(off, 0), min(off + len(data), len(head))
-            head[lo:hi] = data[lo - off:hi - off]
-            self.head = bytes(head)
 
     def zeroed(self, addr: int, length: int) -> bool:
         """check_zeroed_user: True if all zero, KernelErr(EFAULT) if unreadable."""
@@ -336,6 +434,7 @@ class Server:
                 sock.close()
                 continue
             if type_ == P.T_CHAN:
+                conn.mm = ProcessMm(conn.pid)    # the program waits for our answer: alive
                 conn.send(P.C_RET)
                 self.sel.register(sock, selectors.EVENT_READ, conn)
             elif type_ == P.T_OPEN and len(fds) == 1:
