@@ -99,6 +99,23 @@ class Conn:
         return type_, a, b, c, data[P.HDR.size:P.HDR.size + length], fds
 
 
+def _mapped(pid: int, addr: int, length: int) -> bool:
+    """Is [addr, addr+length) covered by the mappings of process ``pid`` (/proc/pid/maps)?"""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            spans = sorted(tuple(int(x, 16) for x in line.split(None, 1)[0].split("-")) for line in f)
+    except OSError:
+        return False
+    cur, end = addr, addr + length
+    for lo, hi in spans:
+        if lo > cur:
+            break
+        cur = max(cur, hi)
+        if cur >= end:
+            return True
+    return cur >= end
+
+
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -120,10 +137,11 @@ class ProcessMm:
     page protections as copy_from_user / copy_to_user do; a gone process reads as EFAULT
     (mmget_not_zero fails)."""
 
-    __slots__ = ("pid", "pidfd", "usable")
+    __slots__ = ("pid", "pidfd", "usable", "mm_key")
 
     def __init__(self, pid: int):
         self.pid = pid
+        self.mm_key = ("pid", pid)   # kernel/pages.py: the identity page refcounts are kept by
         self.usable = True
         try:
             self.pidfd = os.pidfd_open(pid)
@@ -138,6 +156,11 @@ class ProcessMm:
     def __del__(self) -> None:   # the model may keep an mm longer than the channel (an area's)
         if self.pidfd is not None:
             os.close(self.pidfd)
+
+    def probe(self, addr: int, length: int) -> None:
+        """Is the range mapped in this process (pin_user_pages without moving data)?"""
+        if not self.alive() or not _mapped(self.pid, addr, length):
+            raise KernelErr(errno.EFAULT, f"[{addr:#x}, +{length:#x}) not mapped in process {self.pid}")
 
     def _xfer(self, fn, addr: int, buf, length: int) -> int:
         """Bytes moved, or -errno."""
@@ -187,14 +210,21 @@ class ProcessMm:
 class ClientMemory:
     """copy_from_user / copy_to_user on the calling process: ``host.mem`` during a call.
     Reads inside the prefetched head of the argument cost nothing; the rest goes through the
-    process's ProcessMm, or, where this server may not read it (ptrace rules), is asked for."""
+    process's ProcessMm, or, where this server may not read it (ptrace rules), is asked for.
+    ``mm_key`` names the process's address space (pages pinned from it are counted per
+    address space, kernel/pages.py), ``probe`` checks a range is mapped without moving it."""
 
     def __init__(self, conn: Conn, base: int, head: bytes):
         self.conn, self.base, self.head = conn, base, head
 
-    def mm(self):
-        """The caller's address space, to keep beyond this call (iopt_pages->source_mm)."""
-        return self.conn.mm
+    def probe(self, addr: int, length: int) -> None:
+        if not _mapped(self.conn.pid, addr, length):
+            raise KernelErr(errno.EFAULT, f"[{addr:#x}, +{length:#x}) not mapped in the caller")
+
+    @property
+    def mm_key(self):
+        """The address space's identity (kernel/pages.py mm_key): one per client process."""
+        return self.conn.mm.mm_key
 
     def _ask(self, addr: int, length: int, partial: bool) -> bytes:
         out = bytearray()
@@ -306,6 +336,9 @@ class Server:
 
     def __init__(self, host, sockdir: str, trace=None, recorder=None, paths=None):
         self.host = host
+        # pages->source_mm of another process: reachable while it lives (kernel/pages.py)
+        host.remote_mem = self.remote_mem
+        self.mms: dict[int, ProcessMm] = {}           # pid -> its address space
         self.path = os.path.join(sockdir, "iommufd.sock")
         self.paths = paths or {}          # client path -> host path (group numbers)
         self.trace = trace                # callable(dict) or None
@@ -322,6 +355,11 @@ class Server:
         self.by_ino: dict[int, Conn] = {}
         self.gaps: set[str] = set()
         self.calls = 0
+
+    def remote_mem(self, key):
+        """host.remote_mem: the address space ``key`` names, None once its process has exited."""
+        mm = self.mms.get(key[1]) if isinstance(key, tuple) and key[0] == "pid" else None
+        return mm if mm is not None and mm.alive() else None
 
     # -- files -------------------------------------------------------------------------------
     def file_of(self, fd: int) -> Conn | None:
@@ -434,7 +472,10 @@ class Server:
                 sock.close()
                 continue
             if type_ == P.T_CHAN:
-                conn.mm = ProcessMm(conn.pid)    # the program waits for our answer: alive
+                mm = self.mms.get(conn.pid)       # one per process, whichever thread connects
+                if mm is None or not mm.alive():
+                    mm = self.mms[conn.pid] = ProcessMm(conn.pid)   # it waits for our answer: alive
+                conn.mm = mm
                 conn.send(P.C_RET)
                 self.sel.register(sock, selectors.EVENT_READ, conn)
             elif type_ == P.T_OPEN and len(fds) == 1:
@@ -570,7 +611,7 @@ class Server:
         mem = ClientMemory(conn, arg, head)
         self._set_caller(conn, mem)
         before = buf = None
-        result, err, detail = -1, 0, ""
+        result, err, detail, responded = -1, 0, "", False
         armed = fault_inject.arm(self.host, conn.pid) if self.host.task_fail_nth else 0
         try:
             buf, real_size = self._argument(entry, request, arg, mem)
@@ -583,6 +624,7 @@ class Server:
             raise
         except KernelErr as e:
             err, detail = e.errno, e.detail
+            responded = e.respond   # iommufd_ucmd_respond ran before the error: the struct is copied back
         except EmulationGap as e:
             err, detail = errno.ENOTTY, str(e)
             name = uapi.request_name(request)
@@ -592,7 +634,8 @@ class Server:
         finally:
             if armed:
                 fault_inject.disarm(self.host, conn.pid, armed)
-        wb = b"" if err or before is None else P.writeback_records(before, bytes(buf[:len(before)]))
+        wb = (b"" if (err and not responded) or before is None
+              else P.writeback_records(before, bytes(buf[:len(before)])))
         conn.send(P.S_DONE, -1 if err else result, err, payload=wb)
         if self.trace is not None or self.recorder is not None:
             rec = {"pid": conn.pid, "fd_kind": _fd_kind(self.host, entry.host_fd), "call": "ioctl",
@@ -627,6 +670,8 @@ class Server:
     def _log(self, rec: dict) -> None:
         if self.trace is not None:
             self.trace(rec)
+
+
 
 
 class _NoMem:
