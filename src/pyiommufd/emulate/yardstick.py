@@ -27,11 +27,6 @@ PROFILE = "linux-6.12"
 
 # case -> why it does not pass on the model (cases that pass on real 6.12.117 only)
 EXCEPTIONS: dict[str, str] = {}
-for _v in ("mock_domain", "two_mock_domain", "mock_domain_limit"):
-    EXCEPTIONS[f"iommufd_ioas.{_v}.fork_gone"] = (
-        "a page pinned by a domain outlives the process that mapped it (the forked child): Linux still "
-        "holds the physical page, shared with the parent's MAP_SHARED buffer; the emulator's pages are "
-        "that process's memory, unreadable once it has exited")
 
 
 def hugepages(n: int = 128):
