@@ -327,9 +327,12 @@ def _find_busybox() -> Path:
     return Path(found).resolve()
 
 
-def _initramfs_key(packages: list[Path], job_json: str, busybox: Path) -> str:
+def _initramfs_key(packages: list[Path], job_json: str, busybox: Path,
+                   extra_files: dict[str, Path] | None = None) -> str:
     """Hash of every input: the job, the package trees, the binaries and this builder itself."""
     h = hashlib.sha256()
+    for guest, host in sorted((extra_files or {}).items()):
+        h.update(f"\0file {guest}\0".encode() + hashlib.sha256(host.read_bytes()).digest())
     for part in (job_json.encode(), Path(__file__).read_bytes()):
         h.update(hashlib.sha256(part).digest())
     for package in packages:
@@ -393,14 +396,17 @@ def _prune(outdir: Path, keep: int = INITRAMFS_KEEP, min_age: float = 3600.0) ->
 
 
 def build_initramfs(cache_dir: Path | str | None, payload_dir: Path | str, job_json: str, *,
-                    extra_packages: tuple[Path | str, ...] = ()) -> Path:
+                    extra_packages: tuple[Path | str, ...] = (),
+                    extra_files: dict[str, Path | str] | None = None) -> Path:
     """Return a cached initramfs (uncompressed newc cpio) that runs the job's module.
 
     payload_dir is the ``pyiommufd`` package directory; it lands at
     ``/opt/pyiommufd-src/pyiommufd``.  job_json (a JSON object) is written to ``/job.json``;
     its "module" key (or {"agent": "probe"}) chooses what /init runs, see job_module().
     extra_packages: further (pure-Python) package directories copied beside it, for
-    third-party imports of the agent; the guest has only the stdlib otherwise."""
+    third-party imports of the agent; the guest has only the stdlib otherwise.
+    extra_files: {absolute guest path: host file}, e.g. the selftest binaries; executables get
+    the shared libraries ldd names for them, as python3.11 does."""
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     payload_dir = Path(payload_dir).resolve()
     packages = [payload_dir] + [Path(p).resolve() for p in extra_packages]
@@ -414,11 +420,19 @@ def build_initramfs(cache_dir: Path | str | None, payload_dir: Path | str, job_j
     if not isinstance(job, dict):
         raise BuildError("job_json must be a JSON object")
     module = job_module(job)
+    extra = {}
+    for guest, host in (extra_files or {}).items():
+        host = Path(host)
+        if not guest.startswith("/") or ".." in Path(guest).parts:
+            raise BuildError(f"extra file {guest!r}: the guest path must be absolute")
+        if not host.is_file():
+            raise BuildError(f"extra file {host} (for {guest}) does not exist")
+        extra[guest] = host
     if not GUEST_PYTHON.is_file():
         raise BuildError(f"{GUEST_PYTHON} missing: apt-get install python3.11 libpython3.11-stdlib")
     busybox = _find_busybox()
     outdir = cache / "initramfs"
-    archive = outdir / f"{_initramfs_key(packages, job_json, busybox)}.cpio"
+    archive = outdir / f"{_initramfs_key(packages, job_json, busybox, extra)}.cpio"
     if archive.is_file():
         archive.touch()  # keeps it among the newest when pruning
         log(f"initramfs cached: {archive}")
@@ -437,6 +451,11 @@ def build_initramfs(cache_dir: Path | str | None, payload_dir: Path | str, job_j
         for f in stdlib:
             _copy_in(root, f)
         binaries = [GUEST_PYTHON] + [f for f in stdlib if f.suffix == ".so"]
+        for guest, host in extra.items():
+            dest = root / guest.lstrip("/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(host, dest)   # keeps the mode: executables stay executable
+            binaries.append(host)
         for lib in _shared_libraries(binaries + [busybox]):
             _copy_in(root, lib)
         _copy_in(root, GUEST_PYTHON)
