@@ -31,7 +31,7 @@ import traceback
 
 from ..client import Iommufd, VfioDevice
 from ..errors import IoctlError
-from ..profiles import get_profile
+from ..profiles import get_profile, profile_from_json, register_profile
 from ..runner import Vmm
 from ..scenario import parse
 from ..transport import RealTransport
@@ -241,6 +241,8 @@ def main(argv: list[str]) -> int:
     if job.get("client_example") and len(devices) >= 2:
         _emit(run_client_example(devices))
     profile = job.get("profile", "linux-6.12")
+    if "profile_def" in job:   # a profile file's profile: registered here, as the host's CLI did
+        register_profile(profile_from_json(job["profile_def"]))
     for item in job.get("scenarios", []):
         _emit(run_scenario(item, devices, profile))
     return 0

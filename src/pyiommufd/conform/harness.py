@@ -142,7 +142,7 @@ def run_emulated(item: Item, profile: str = PROFILE) -> dict:
 
 
 # -- the real side -----------------------------------------------------------------------------------------
-def emulated_client_example(config: Config) -> list[int]:
+def emulated_client_example(config: Config, profile: str = PROFILE) -> list[int]:
     """The README's client example on the emulator, on a system like the configuration's."""
     from ..client import emulated
     from ..system import DeviceDesc, System, Unit
@@ -150,15 +150,19 @@ def emulated_client_example(config: Config) -> list[int]:
     group = (lambda i: "bridge") if config.behind_bridge else (lambda i: f"g{i}")
     system = System(units=(Unit("dmar0", sc),), devices=tuple(DeviceDesc(n, "dmar0", group(i), cdev=i)
                                                              for i, n in enumerate(("gpu", "nic"))))
-    emu = emulated(system, PROFILE)
+    emu = emulated(system, profile)
     from .agent import client_example
     return client_example(emu.transport, [emu.cdev_path("gpu"), emu.cdev_path("nic")])
 
 
-def make_job(config: Config, items: list[Item], dma_probe: bool = True) -> dict:
-    return {"module": "pyiommufd.conform.agent", "mode": "scenarios", "config": config.name,
-            "profile": PROFILE, "dma_probe": dma_probe and config.n_devices > 0, "client_example": True,
-            "scenarios": [{"name": it.name, "toml": it.toml} for it in items]}
+def make_job(config: Config, items: list[Item], dma_probe: bool = True, profile: str = PROFILE) -> dict:
+    from ..profiles import BUILTIN_PROFILES, get_profile
+    job = {"module": "pyiommufd.conform.agent", "mode": "scenarios", "config": config.name,
+           "profile": profile, "dma_probe": dma_probe and config.n_devices > 0, "client_example": True,
+           "scenarios": [{"name": it.name, "toml": it.toml} for it in items]}
+    if profile not in BUILTIN_PROFILES:   # a profile file's: the guest registers the record itself
+        job["profile_def"] = get_profile(profile).to_json()
+    return job
 
 
 def parse_agent_output(text: str) -> dict:
@@ -178,10 +182,10 @@ def parse_agent_output(text: str) -> dict:
 
 
 def boot_config(config: Config, items: list[Item], *, kernel: Path, cache: Path | None, payload: Path,
-                dma_probe: bool = True, timeout: float | None = None) -> dict:
+                dma_probe: bool = True, timeout: float | None = None, profile: str = PROFILE) -> dict:
     from . import qemu
     from .build import build_initramfs
-    job = make_job(config, items, dma_probe)
+    job = make_job(config, items, dma_probe, profile)
     initramfs = build_initramfs(cache, payload, json.dumps(job))
     t = timeout if timeout is not None else 120 + 3.0 * len(items)
     try:
@@ -275,7 +279,7 @@ def plan(items: list[Item], configs: list[Config]) -> tuple[dict[str, list[Item]
 
 def run_conformance(items: list[Item], configs: list[Config], *, cache: Path | None = None,
                     dma_probe: bool = True, jobs: int = 2, timeout: float | None = None,
-                    log=None, keep_runs: bool = False) -> dict:
+                    log=None, keep_runs: bool = False, profile: str = PROFILE) -> dict:
     """Build (or find) the kernel, boot each configuration once with every item that fits it,
     run the same items on the emulator, compare.  Returns the JSON-able result."""
     from .build import build_kernel
@@ -292,7 +296,7 @@ def run_conformance(items: list[Item], configs: list[Config], *, cache: Path | N
         log(f"{c.name}: booting with {len(per[c.name])} scenarios")
         try:
             r = boot_config(c, per[c.name], kernel=kernel, cache=cache, payload=payload,
-                            dma_probe=dma_probe, timeout=timeout)
+                            dma_probe=dma_probe, timeout=timeout, profile=profile)
         except Exception as e:   # BootError, AgentError: the configuration reports nothing
             r = {"error": f"{type(e).__name__}: {e}", "scenarios": {}, "env": None, "dma": None}
         log(f"{c.name}: done in {r.get('seconds', '?')} s")
@@ -300,7 +304,7 @@ def run_conformance(items: list[Item], configs: list[Config], *, cache: Path | N
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = [pool.submit(boot, c) for c in active]
-        emu_runs = {it.name: run_emulated(it) for c in active for it in per[c.name]}
+        emu_runs = {it.name: run_emulated(it, profile) for c in active for it in per[c.name]}
         for f in futures:
             name, r = f.result()
             boots[name] = r
@@ -321,7 +325,7 @@ def run_conformance(items: list[Item], configs: list[Config], *, cache: Path | N
     for c in active:
         real_ex = boots[c.name].get("example")
         if real_ex is not None:
-            emu_ex = emulated_client_example(c)
+            emu_ex = emulated_client_example(c, profile)
             example[c.name] = {"emulator": emu_ex, "real": real_ex.get("pts"), "error": real_ex.get("error"),
                                "agree": emu_ex == real_ex.get("pts")}
     # Expectations written in the scenario files that the real kernel contradicts.
@@ -333,7 +337,7 @@ def run_conformance(items: list[Item], configs: list[Config], *, cache: Path | N
     if keep_runs:   # both sides' step records, for debugging a difference
         extra["step_records"] = {c.name: {it.name: {"emulator": emu_runs[it.name], "real": boots[c.name]["scenarios"].get(it.name)}
                                   for it in per[c.name]} for c in active}
-    return {**extra, "profile": PROFILE, "configs": {c.name: c.summary for c in active},
+    return {**extra, "profile": profile, "configs": {c.name: c.summary for c in active},
             "scenarios": len({o.scenario for o in outcomes}), "runs": len(outcomes),
             "summary": summary, "outcomes": [o.to_json() for o in outcomes], "unfit": unfit,
             "boots": {name: {k: b.get(k) for k in ("seconds", "rc", "error", "env")} for name, b in boots.items()},
