@@ -257,3 +257,59 @@ def test_probe_page_table_dump_parsing(tmp_path, monkeypatch):
     assert [leaf["snp"] for leaf in dump["leaves"]] == [True, False]
     assert dump["leaves"][0] == {"iova_pfn": "0x0000000000100", "pte": "0x4567803", "snp": True}
     assert probe_agent.page_table_dump("0000:00:09.0") == {"exists": False}
+
+
+# -- other kernel releases (conform --kernel-source) ----------------------------------------------
+def test_release_from_makefile():
+    head = "# SPDX-License-Identifier: GPL-2.0\nVERSION = 6\nPATCHLEVEL = 2\nSUBLEVEL = 1\nEXTRAVERSION =\n"
+    assert build.release_from_makefile(head) == "6.2.1"
+    assert build.release_from_makefile("VERSION = 6\nPATCHLEVEL = 8\nSUBLEVEL = 0\nEXTRAVERSION = -rc3\n") == "6.8.0-rc3"
+    with pytest.raises(build.BuildError, match="not a kernel source tree"):
+        build.release_from_makefile("all:\n\techo hi\n")
+
+
+# Which of the fragment's options each release's Kconfig lacks, recorded from the trees
+# (git grep '^\s*(menu)?config X$' in every Kconfig*): 6.2.1 (daniellucs2002/linux-6.2.1-customized
+# 52c70098c), 6.6.9 (mihaelbh/... ad8d9458f), 6.8.0 (sndrzt/linux-6.8 3bc197e7c).
+RECORDED_MISSING = {
+    "6.2.1": ["CONFIG_VFIO_GROUP", "CONFIG_VFIO_DEVICE_CDEV", "CONFIG_IOMMU_IOPF"],
+    "6.6.9": ["CONFIG_IOMMU_IOPF"],
+    "6.8.0": ["CONFIG_IOMMU_IOPF"],
+    "6.12.117": [],
+}
+
+
+@pytest.mark.parametrize("release", sorted(RECORDED_MISSING))
+def test_adapt_fragment_on_recorded_kconfig(release):
+    text = build.FRAGMENT.read_text()
+    every = {n.removeprefix("CONFIG_") for n in build.parse_config(text)}
+    lacking = RECORDED_MISSING[release]
+    adapted, missing = build.adapt_fragment(text, every - {n.removeprefix("CONFIG_") for n in lacking})
+    assert sorted(missing) == sorted(lacking)
+    kept = build.parse_config(adapted)
+    assert set(kept) == set(build.parse_config(text)) - set(lacking)
+    assert all(kept[k] == v for k, v in build.parse_config(text).items() if k in kept)   # values untouched
+    # the negative option survives as a "# ... is not set" line, i.e. still verified
+    assert kept["CONFIG_VFIO_CONTAINER"] == "n"
+
+
+def test_kconfig_symbols_and_tree_key(tmp_path):
+    (tmp_path / "drivers/iommu").mkdir(parents=True)
+    (tmp_path / "drivers/iommu/Kconfig").write_text("menuconfig IOMMU_SUPPORT\n\tbool\nconfig IOMMUFD\n"
+                                                    "\tdepends on IOMMU_SUPPORT\n  config  INTEL_IOMMU\n")
+    (tmp_path / "Kconfig.debug").write_text("config FAILSLAB\n")
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools/Kconfig").write_text("config NOT_A_KERNEL_OPTION\n")
+    assert build.kconfig_symbols(tmp_path) == {"IOMMU_SUPPORT", "IOMMUFD", "INTEL_IOMMU", "FAILSLAB"}
+    key = build.tree_key(b"CONFIG_A=y\n", tmp_path)
+    assert key == build.tree_key(b"CONFIG_A=y\n", tmp_path)
+    assert key != build.tree_key(b"CONFIG_B=y\n", tmp_path)
+    (tmp_path / "drivers/iommu/Kconfig").write_text("config IOMMUFD\n")          # a patched tree
+    assert key != build.tree_key(b"CONFIG_A=y\n", tmp_path)
+
+
+def test_build_refuses_what_is_not_a_kernel(tmp_path):
+    with pytest.raises(build.BuildError, match="not a kernel source tree"):
+        build.build(tmp_path / "c", tmp_path)
+    with pytest.raises(build.BuildError, match="missing"):
+        build.build(tmp_path / "c", tmp_path / "linux.tar.xz")

@@ -283,11 +283,15 @@ def cmd_conform(args, out: Console, err: Console) -> int:
         (f"{QEMU} (apt-get install qemu-system-x86)", shutil.which(QEMU)),
         ("busybox (apt-get install busybox-static)", shutil.which("busybox")),
         (f"{GUEST_PYTHON} (apt-get install python3.11)", GUEST_PYTHON.is_file()),
-        (f"{DEFAULT_TARBALL} (apt-get install linux-source-6.12)",
+        (f"{DEFAULT_TARBALL} (apt-get install linux-source-6.12)", args.kernel_source or
          Path(os.environ.get("PYIOMMUFD_LINUX_TARBALL") or DEFAULT_TARBALL).is_file())) if not ok]
+    if args.kernel_source and not Path(args.kernel_source).exists():
+        raise UsageError(f"--kernel-source {args.kernel_source}: no such file or directory")
     if missing:
         raise EnvironmentMissing("conformance needs " + "; ".join(missing)
                                  + ".  Run: sh src/pyiommufd/conform/install-deps.sh")
+    if args.selftest:
+        return _conform_selftest(args, out, err)
     if args.scenarios:
         per, unfit = harness.plan(items, configs)
         if unfit and len(unfit) == len(items):
@@ -295,7 +299,8 @@ def cmd_conform(args, out: Console, err: Console) -> int:
     try:
         res = harness.run_conformance(items, configs, cache=args.cache, dma_probe=not args.no_dma, jobs=args.jobs,
                                       timeout=args.timeout, log=lambda m: err.print(f"[conform] {m}", markup=False),
-                                      profile=_profile_arg(args))
+                                      profile=_profile_arg(args) if args.profile else None,
+                                      source=args.kernel_source)
     except BuildError as e:
         raise EnvironmentMissing(f"cannot build the conformance kernel or initramfs: {e}") from None
     if args.json:
@@ -304,6 +309,32 @@ def cmd_conform(args, out: Console, err: Console) -> int:
         print(harness.text_report(res, all_rows=not args.differences_only))
     dma_failed = not args.no_dma and res["dma"] and not res["dma_ok"]
     return 1 if res["unexplained"] or dma_failed or not res["client_example_ok"] else 0
+
+
+def _conform_selftest(args, out: Console, err: Console) -> int:
+    """conform --selftest: the kernel's own iommufd selftest on the real kernel (conform/selftest.py)."""
+    from pathlib import Path
+
+    from .conform import selftest
+    from .conform.build import BuildError, default_cache_dir
+    from .conform.qemu import BootError
+    if args.scenarios:
+        raise UsageError("--selftest runs the kernel's selftest programs, not scenarios")
+    try:
+        res = selftest.run_selftest(cache=args.cache, source=args.kernel_source, log=lambda m: err.print(f"[conform] {m}", markup=False))
+    except BuildError as e:
+        raise EnvironmentMissing(f"cannot build the conformance kernel or initramfs: {e}") from None
+    except BootError as e:
+        _say(f"pyiommufd: the selftest VM failed: {e}")
+        return 1
+    path = Path(args.cache or default_cache_dir()) / selftest.RESULT_NAME.format(release=res["kernel"])
+    selftest.write_result(selftest.public_json(res), path)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(selftest.text_report(res, all_rows=not args.differences_only))
+        print(f"written: {path}")
+    return 0 if selftest.ok(res) else 1
 
 
 def cmd_bench(args, out: Console, err: Console) -> int:
@@ -476,10 +507,16 @@ def build_parser() -> argparse.ArgumentParser:
     cf.add_argument("--cache", metavar="DIR", help="cache directory (default $PYIOMMUFD_CACHE or "
                     "~/.cache/pyiommufd/conform)")
     cf.add_argument("--list", action="store_true", help="only show which scenario runs on which configuration")
+    cf.add_argument("--selftest", action="store_true", help="instead: run the kernel's own iommufd selftests "
+                    "(iommufd, iommufd_fail_nth) in a VM without an IOMMU; per-case table, JSON written to the cache "
+                    "directory as selftest-real-RELEASE.json; exit 1 if a case fails")
     cf.add_argument("--differences-only", action="store_true", help="table rows only for scenarios that differ")
     cf.add_argument("--json", action="store_true", help="machine output on stdout")
     cf.add_argument("--profile", metavar="NAME", help="the profile the emulator side runs (default: the one "
                     "modelling the kernel's release)")
+    cf.add_argument("--kernel-source", metavar="PATH", help="the kernel to run: a clean source tree or a tarball "
+                    "(default: $PYIOMMUFD_LINUX_TARBALL or Debian's linux-source-6.12); its release (from the "
+                    "Makefile) names the default profile; cached per tree")
     _profile_file_opt(cf)
     cf.set_defaults(fn=cmd_conform)
 

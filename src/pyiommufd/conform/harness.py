@@ -253,6 +253,17 @@ def compare(name: str, config: str, emu: dict, real: dict | None) -> Outcome:
     return Outcome(name, config, status, d, None, not_run, leaked)
 
 
+def profile_for_release(release: str) -> str:
+    """The built-in profile modelling a kernel release ("6.6.9", "6.8.0-rc3")."""
+    import re
+
+    from ..profiles import profile_for_kernel
+    m = re.match(r"\d+\.\d+(?:\.\d+)?", release)
+    if not m:
+        raise ValueError(f"kernel release {release!r} is not X.Y[.Z]")
+    return profile_for_kernel(m.group(0)).name
+
+
 def plan(items: list[Item], configs: list[Config]) -> tuple[dict[str, list[Item]], list[dict]]:
     """Which items run on which configuration; items that fit nowhere are listed with why."""
     per: dict[str, list[Item]] = {c.name: [] for c in configs}
@@ -279,14 +290,21 @@ def plan(items: list[Item], configs: list[Config]) -> tuple[dict[str, list[Item]
 
 def run_conformance(items: list[Item], configs: list[Config], *, cache: Path | None = None,
                     dma_probe: bool = True, jobs: int = 2, timeout: float | None = None,
-                    log=None, keep_runs: bool = False, profile: str = PROFILE) -> dict:
-    """Build (or find) the kernel, boot each configuration once with every item that fits it,
-    run the same items on the emulator, compare.  Returns the JSON-able result."""
-    from .build import build_kernel
+                    log=None, keep_runs: bool = False, profile: str | None = None,
+                    source: Path | str | None = None) -> dict:
+    """Build (or find) the kernel of *source* (a tarball or tree; default Debian's 6.12), boot each
+    configuration once with every item that fits it, run the same items on the emulator under
+    *profile* (default: the one modelling the kernel's release), compare.  Returns the JSON-able
+    result."""
+    from .build import build
     log = log or (lambda msg: None)
     t0 = time.monotonic()
     per, unfit = plan(items, configs)
-    kernel = build_kernel(cache)
+    kb = build(cache, source)
+    kernel = kb.image
+    profile = profile or profile_for_release(kb.release)
+    log(f"Linux {kb.release} from {kb.source}; emulator profile {profile}"
+        + (f"; options this release lacks: {', '.join(kb.missing_options)}" if kb.missing_options else ""))
     t_kernel = time.monotonic() - t0
     payload = Path(__file__).resolve().parents[1]
     boots: dict[str, dict] = {}
@@ -337,7 +355,7 @@ def run_conformance(items: list[Item], configs: list[Config], *, cache: Path | N
     if keep_runs:   # both sides' step records, for debugging a difference
         extra["step_records"] = {c.name: {it.name: {"emulator": emu_runs[it.name], "real": boots[c.name]["scenarios"].get(it.name)}
                                   for it in per[c.name]} for c in active}
-    return {**extra, "profile": profile, "configs": {c.name: c.summary for c in active},
+    return {**extra, "profile": profile, "kernel": kb.to_json(), "configs": {c.name: c.summary for c in active},
             "scenarios": len({o.scenario for o in outcomes}), "runs": len(outcomes),
             "summary": summary, "outcomes": [o.to_json() for o in outcomes], "unfit": unfit,
             "boots": {name: {k: b.get(k) for k in ("seconds", "rc", "error", "env")} for name, b in boots.items()},
@@ -362,6 +380,10 @@ def _cell(o: dict | None) -> str:
 
 def text_report(res: dict, *, all_rows: bool = True) -> str:
     configs = list(res["configs"])
+    k = res.get("kernel") or {}
+    head = [f"Linux {k.get('release', '?')} ({k.get('source', '?')}) against the emulator under {res.get('profile', '?')}"]
+    if k.get("missing_options"):
+        head.append(f"fragment options this release does not have: {', '.join(k['missing_options'])}")
     by = {(o["scenario"], o["config"]): o for o in res["outcomes"]}
     names = sorted({o["scenario"] for o in res["outcomes"]})
     w = max([len(n) for n in names] + [8])
@@ -396,4 +418,4 @@ def text_report(res: dict, *, all_rows: bool = True) -> str:
             d = o.get("diff") or {}
             lines.append(f"  {o['config']} {o['scenario']}: step {d.get('step')} {d.get('op') or ''} "
                          f"{d.get('field')}: emulator {d.get('emulator')!r} real {d.get('real')!r}"[:600])
-    return "\n".join(lines)
+    return "\n".join(head + [""] + lines)

@@ -108,13 +108,14 @@ def _text(b) -> str:
 
 # -- host side -------------------------------------------------------------------------------------
 def run_selftest(*, cache: Path | str | None = None, kernel: Path | None = None,
+                 source: Path | str | None = None,
                  binaries: dict[str, Path] | None = None, programs: tuple[str, ...] = PROGRAMS,
                  timeout: float = 1800.0, log=None) -> dict:
     """Build (or find) the kernel and the selftest binaries, boot once without an IOMMU, run
     *programs* in the guest and return {"kernel": release, "programs": {prog: {"cases": {...},
     "counts": {...}, "planned": N, "rc": n, "seconds": s}}, "seconds": s}."""
     from . import qemu
-    from .build import build_initramfs, build_kernel
+    from .build import build, build_initramfs
     log = log or (lambda msg: None)
     t0 = time.monotonic()
     if binaries is None:
@@ -123,7 +124,7 @@ def run_selftest(*, cache: Path | str | None = None, kernel: Path | None = None,
     unknown = [p for p in programs if p not in binaries]
     if unknown:
         raise ValueError(f"unknown selftest program(s) {unknown}; known: {', '.join(binaries)}")
-    kernel = kernel or build_kernel(cache)
+    kernel = kernel or build(cache, source).image
     payload = Path(__file__).resolve().parents[1]
     job = {"module": "pyiommufd.conform.selftest", "programs": list(programs),
            "timeout": int(timeout) - 60}
