@@ -313,3 +313,49 @@ def test_build_refuses_what_is_not_a_kernel(tmp_path):
         build.build(tmp_path / "c", tmp_path)
     with pytest.raises(build.BuildError, match="missing"):
         build.build(tmp_path / "c", tmp_path / "linux.tar.xz")
+
+
+# -- the /dev/mem walk of releases without a per-device debugfs dump (conform/devmem.py) -----------
+def test_devmem_walk_of_a_legacy_mode_table():
+    import struct
+
+    from pyiommufd.conform import devmem
+    regset = ("IOMMU: dmar0 Register Base Address: fed90000\nName\t\t\tOffset\t\tContents\n"
+              "VER             \t0x00\t\t0x0000000000000010\n"
+              "RTADDR          \t0x20\t\t0x0000000001000000\n")
+    assert devmem.root_table_addresses(regset) == {"dmar0": 0x1000000}
+    mem = {}
+
+    def put(addr, *qwords):
+        for i, q in enumerate(qwords):
+            mem[addr + 8 * i] = q
+    root, ctx, l3, l2, l1 = 0x1000000, 0x2000000, 0x3000000, 0x4000000, 0x5000000
+    put(root + 16 * 0x01, ctx | 1, 0)                                # bus 01 -> context table
+    put(ctx + 16 * ((2 << 3) | 0), l3 | 1, (7 << 8) | 1)              # 01:02.0, AW 1 = 3 levels
+    put(l3 + 0, l2 | 3)
+    put(l2 + 8 * 0, l1 | 3)                                          # IOVA 0..2M through a PT
+    put(l2 + 8 * 1, 0x6000000 | 3 | devmem.PTE_LARGE)                # 2M..4M: a 2 MiB superpage, no SNP
+    put(l1 + 8 * 0x100, 0x7000000 | 3 | devmem.PTE_SNP)              # IOVA 0x100000
+    put(l1 + 8 * 0x101, 0x7001000 | 1 | devmem.PTE_SNP)              # IOVA 0x101000, read-only
+
+    def read(addr, n):
+        return b"".join(struct.pack("<Q", mem.get(addr + i, 0)) for i in range(0, n, 8))
+    assert devmem.device_table(read, root, "0000:01:02.0") == (2 + 512, [False, True])
+    assert devmem.device_table(read, root, "0000:01:03.0") is None    # no context entry
+    assert devmem.device_table(read, root, "0000:00:02.0") is None    # no root entry
+    with pytest.raises(ValueError, match="legacy"):
+        devmem.root_table_addresses(regset.replace("0x0000000001000000", "0x0000000001000c00"))
+
+
+def test_group_path_names_devices_by_pci_address(monkeypatch):
+    import ctypes
+
+    from pyiommufd import uapi
+    from pyiommufd.conform import agent
+    from pyiommufd.transport import RealTransport
+    seen = []
+    monkeypatch.setattr(RealTransport, "ioctl", lambda self, fd, req, buf: seen.append(buf.value) or 7)
+    t = agent.GroupNamesTransport({"gpu": "0000:00:02.0"})
+    assert t.ioctl(3, uapi.VFIO_GROUP_GET_DEVICE_FD, ctypes.create_string_buffer(b"gpu")) == 7
+    t.ioctl(3, uapi.VFIO_GROUP_GET_DEVICE_FD, ctypes.create_string_buffer(b"other"))
+    assert seen == [b"0000:00:02.0", b"other"]
