@@ -137,3 +137,12 @@ def test_conform_job_carries_a_file_profile_to_the_guest(tmp_path, monkeypatch):
     job = harness.make_job(harness.CONFIGS["mock"], [Item("a", "", "a")], profile=p.name)
     assert job["profile"] == "my-upgrade" and profile_from_json(job["profile_def"]) == p
     assert "profile_def" not in harness.make_job(harness.CONFIGS["mock"], [], profile="linux-6.6")
+
+
+def test_shipped_example_loads_and_lists_its_overrides():
+    from conftest import ROOT
+    r = cli("profiles", "--profile-file", str(ROOT / "docs" / "profile-example.toml"), "--json")
+    assert r.returncode == 0, r.stderr
+    (p,) = json.loads(r.stdout)["profiles"]
+    assert p["base"] == "linux-6.12"
+    assert p["overrides"] == {"upgrade_on_attach": True, "upgrade_on_replace": True}

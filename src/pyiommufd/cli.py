@@ -214,11 +214,17 @@ def cmd_profiles(args, out: Console, err: Console) -> int:
     from .report.text import profiles_report
     names = getattr(args, "profile_file_names", None)   # --profile-file: show (and so check) those only
     shown = [PROFILES[n] for n in names] if names else list(PROFILES.values())
+    from .profiles import FILE_BASES, overrides
     if args.json:
-        print(json.dumps({"default": DEFAULT_PROFILE, "profiles": [p.to_json() for p in shown]},
-                         indent=2))
+        print(json.dumps({"default": DEFAULT_PROFILE, "profiles": [
+            {**p.to_json(), **({"base": FILE_BASES[p.name], "overrides": {k: v for k, (_, v) in overrides(p).items()}}
+                               if p.name in FILE_BASES else {})} for p in shown]}, indent=2))
     else:
         profiles_report(shown, out)
+        for p in shown:
+            for k, (was, now) in overrides(p).items():
+                out.print(f"  {p.name}: {k} = {now!r} (base {FILE_BASES[p.name]}: {was!r}) -- {p.sources.get(k)}",
+                          markup=False)
     return 0
 
 

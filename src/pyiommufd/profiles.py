@@ -163,6 +163,7 @@ _FILE_KEYS = ("name", "summary", "base", "switches", "sources")
 # Environment variable naming the profile files loaded so far (os.pathsep-separated), so worker
 # processes that do not inherit this one's memory (sweep's forkserver pool, Ray) register them too.
 PROFILE_FILES_ENV = "PYIOMMUFD_PROFILE_FILES"
+FILE_BASES: dict[str, str] = {}   # profile file's profile name -> its base
 
 
 class ProfileFileError(ValueError):
@@ -247,7 +248,17 @@ def load_profile_file(path) -> Profile:
     merged_sources = dict(base.sources)
     merged_sources.update({k: sources.get(k, f"{path} (no source given)") for k in over})
     # era and kernel stay the base's: the model consults them (E1 attach rules, the uAPI layouts)
-    return dataclasses.replace(base, name=name, summary=summary, sources=merged_sources, **over)
+    profile = dataclasses.replace(base, name=name, summary=summary, sources=merged_sources, **over)
+    FILE_BASES[name] = base_name
+    return profile
+
+
+def overrides(profile: Profile) -> dict[str, tuple]:
+    """{switch: (base's value, this profile's value)} for a profile file's profile ({} otherwise)."""
+    base = PROFILES.get(FILE_BASES.get(profile.name, ""))
+    if base is None:
+        return {}
+    return {k: (getattr(base, k), getattr(profile, k)) for k in SWITCHES if getattr(base, k) != getattr(profile, k)}
 
 
 def profile_from_json(d: dict) -> Profile:
