@@ -335,11 +335,12 @@ def _conform_selftest(args, out: Console, err: Console) -> int:
         return 1
     path = Path(args.cache or default_cache_dir()) / selftest.RESULT_NAME.format(release=res["kernel"])
     selftest.write_result(selftest.public_json(res), path)
+    path.with_suffix(".tap").write_text("".join(f"# ===== {prog}\n{p['tap']}" for prog, p in res["programs"].items()))
     if args.json:
         print(json.dumps(res, indent=2))
     else:
         print(selftest.text_report(res, all_rows=not args.differences_only))
-        print(f"written: {path}")
+        print(f"written: {path} (raw TAP: {path.with_suffix('.tap')})")
     return 0 if selftest.ok(res) else 1
 
 
