@@ -59,15 +59,15 @@ class Mock:
         return uptr
 
     def hwpt_alloc(self, dev_id, pt_id, flags=0, data_type=0, data=None, data_len=None, fault_id=0):
+        """struct iommu_hwpt_alloc; ``data`` is copied to user memory (data_len defaults to its size)."""
         uptr = 0
         if data is not None:
             raw = bytes(data)
             uptr = self.host.mem.mmap(len(raw))
             self.host.mem.write(uptr, raw)
-        cmd = T.iommu_hwpt_alloc(flags=flags, dev_id=dev_id, pt_id=pt_id, data_type=data_type,
-                                 data_len=len(bytes(data)) if data_len is None and data is not None else (data_len or 0),
-                                 data_uptr=uptr, fault_id=fault_id)
-        return cmd
+            data_len = len(raw) if data_len is None else data_len
+        return T.iommu_hwpt_alloc(flags=flags, dev_id=dev_id, pt_id=pt_id, data_type=data_type,
+                                  data_len=data_len or 0, data_uptr=uptr, fault_id=fault_id)
 
     def destroy(self, obj_id):
         self.ioctl(T.IOMMU_DESTROY, T.iommu_destroy(id=obj_id))

@@ -6,9 +6,7 @@ from __future__ import annotations
 import errno
 
 from .. import uapi
-from ..errors import EmulationGap
 from . import dirty
-from .drivers import mock
 from .err import KernelErr
 from .iommu import UserData, UserDataArray
 from .main import OBJ_DEVICE, OBJ_FAULT, OBJ_HWPT_NESTED, OBJ_HWPT_PAGING, OBJ_IOAS, IommufdCtx, Obj
@@ -267,9 +265,7 @@ def hwpt_invalidate(ctx: IommufdCtx, cmd) -> None:
         hwpt = ctx.get(cmd.hwpt_id, OBJ_HWPT_NESTED)
         array = UserDataArray(cmd.data_type, cmd.data_uptr, cmd.entry_len, cmd.entry_num)
         try:
-            if hwpt.domain.driver != "mock":
-                raise EmulationGap(f"cache_invalidate_user of {hwpt.domain.driver} nested domains is not modelled")
-            mock.cache_invalidate_user(ctx.host, hwpt.domain, array)
+            ctx.host.driver_of_domain(hwpt.domain).cache_invalidate_user(hwpt.domain, array)
         finally:
             done = array.entry_num
     except KernelErr as e:
