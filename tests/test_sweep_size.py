@@ -175,3 +175,13 @@ def test_sweep_and_distributed_do_not_import_each_other():
     assert not {m for m in _imports("distributed") if m.split(".")[-1] in ("sweep", "sweep_size")}
     with pytest.raises(ValueError, match="jobs"):
         run_sweep([], [], engine=ProcessEngine(1), jobs=2)
+
+
+def test_force_counts_everything_beyond_the_bound():
+    pol = parse_policies("linux-6.12")
+    sizes = (systems_of_size(n, 2) for n in range(1, 5))
+    size = size_sweep(sizes, pol, workers=1, max_devices=4, bound_seconds=1e-6, force=True)
+    assert size.complete and size.beyond_bound and len(size.shapes) == len(enumerate_systems(4, 2))
+    refused = size_sweep((systems_of_size(n, 2) for n in range(1, 5)), pol, workers=1, max_devices=4,
+                         bound_seconds=1e-6)
+    assert refused.beyond_bound      # (small: counted whole before the calibration, which runs at 20,000 states)
