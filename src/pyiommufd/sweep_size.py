@@ -133,12 +133,15 @@ class SweepSize:
         counted = "" if self.complete else (f" (counted up to {self.counted_devices} devices of "
                                             f"{self.max_devices}; counting stopped at the bound)")
         cal = self.calibration
-        return (f"sweep: {at_least}{len(self.shapes):,} systems{counted} x {self.policies} "
-                f"polic{'ies' if self.policies != 1 else 'y'} = {at_least}"
-                f"{self.explorations:,} explorations; estimated {at_least}{_count(self.states)} states, "
-                f"{duration(self.cpu_seconds)} CPU, {duration(self.seconds)} on {self.workers} worker"
-                f"{'s' if self.workers != 1 else ''} (from {len(cal.results)} systems explored first: "
-                f"{cal.ratio:.2f} states per lower-bound state, {1000 * cal.cpu_per_state:.2f} ms CPU per state)")
+        return (f"sweep: {at_least}{_n(len(self.shapes), 'system')}{counted} x {_n(self.policies, 'policy')} = "
+                f"{at_least}{_n(self.explorations, 'exploration')}; estimated {at_least}{_count(self.states)} states, "
+                f"{duration(self.cpu_seconds)} CPU, {duration(self.seconds)} on {_n(self.workers, 'worker')} (from "
+                f"{_n(len(cal.results), 'system')} explored first: {cal.ratio:.2f} states per lower-bound state, "
+                f"{1000 * cal.cpu_per_state:.2f} ms CPU per state)")
+
+
+def _n(k: int, noun: str) -> str:
+    return f"{k:,} {noun if k == 1 else (noun[:-1] + 'ies' if noun.endswith('y') else noun + 's')}"
 
 
 def _count(x: float) -> str:
