@@ -19,7 +19,7 @@ class Mock:
     """An emulated machine with no devices but the ones IOMMU_TEST_OP_MOCK_DOMAIN makes."""
 
     def __init__(self, profile="linux-6.12"):
-        self.host = emulated(System.simple("intel", devices={}), profile).host
+        self.host = emulated(System.simple("mock", devices={}), profile).host
         self.fd = self.host.open("/dev/iommu")
 
     def ioctl(self, request, cmd):
@@ -497,18 +497,32 @@ def test_state_with_mock_objects_clones_and_snapshots(m):
 
 
 def test_mock_device_cannot_join_another_drivers_domain():
-    """__iommu_attach_group: dev_iommu_ops(dev) != domain->owner -> EINVAL; a mock device next to
-    Intel devices gets its own mock domain from the auto search, and cannot be put on an Intel HWPT."""
+    """__iommu_attach_group: dev_iommu_ops(dev) != domain->owner -> EINVAL.  Beside an SMMUv3 (an
+    IOMMU registered with a fwnode) the mock probes its devices: the auto search skips the SMMU's
+    domain and makes a mock one, and a mock device cannot be put on the SMMU's HWPT."""
     from pyiommufd.client import Iommufd, VfioDevice
-    emu = emulated(System.simple("intel", devices={"nic": True}), "linux-6.12")
+    emu = emulated(System.simple("smmuv3", devices={"nic": True}), "linux-6.12")
     ifd = Iommufd(emu.transport)
     ioas = ifd.ioas_alloc()
     nic = VfioDevice(emu.transport, emu.cdev_path("nic"))
     nic.bind(ifd)
-    intel_hwpt = nic.attach(ioas.id)
+    smmu_hwpt = nic.attach(ioas.id)
     m = Mock.__new__(Mock)
     m.host, m.fd = emu.host, ifd.fd
     _, mock_hwpt, _ = m.mock_domain(ioas.id)
-    assert mock_hwpt != intel_hwpt
+    assert mock_hwpt != smmu_hwpt
     assert m.host.ctxs[m.fd].objects[mock_hwpt].domain.driver == "mock"
-    assert m.err(T.IOMMU_TEST_CMD, m.test(T.IOMMU_TEST_OP_MOCK_DOMAIN, intel_hwpt)) == errno.EINVAL
+    assert m.err(T.IOMMU_TEST_CMD, m.test(T.IOMMU_TEST_OP_MOCK_DOMAIN, smmu_hwpt)) == errno.EINVAL
+
+
+@pytest.mark.parametrize("iommu", ["intel", "amd"])
+def test_no_mock_iommu_beside_intel_or_amd(iommu):
+    """Intel and AMD register without a fwnode before the selftest: iommu_fwspec_ops(NULL) picks
+    them for the mock device, their probe refuses it, it has no IOMMU, and iommufd_device_bind
+    fails device_iommu_capable(CACHE_COHERENCY): EINVAL, nothing left behind."""
+    emu = emulated(System.simple(iommu, devices={}), "linux-6.12")
+    m = Mock.__new__(Mock)
+    m.host, m.fd = emu.host, emu.host.open("/dev/iommu")
+    ioas = m.ioas()
+    assert m.err(T.IOMMU_TEST_CMD, m.test(T.IOMMU_TEST_OP_MOCK_DOMAIN, ioas)) == errno.EINVAL
+    assert sorted(m.host.ctxs[m.fd].objects) == [ioas] and not m.host.mock_devs

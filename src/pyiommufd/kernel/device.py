@@ -74,6 +74,8 @@ class Device(Obj):
 def device_bind(ctx: IommufdCtx, dev) -> Device:
     """iommufd_device_bind: claim DMA ownership of the group for this ctx, make the DEVICE."""
     host = ctx.host
+    if host.driver_of(dev) is None:   # device_iommu_capable(IOMMU_CAP_CACHE_COHERENCY) without an IOMMU
+        raise KernelErr(errno.EINVAL, f"{dev.name} has no IOMMU (no driver probed it)")
     group = host.group_of(dev)
     iommu.claim_dma_owner(group, ctx.fd)
     igroup = ctx.groups.get(group.name)

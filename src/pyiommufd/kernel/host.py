@@ -215,8 +215,14 @@ class Host:
         self.groups = {g: IommuGroup(g, [d.name for d in system.devices if d.group == g]) for g in system.groups}
         self.driver = DRIVERS[system.iommu](self)
         # The selftest mock IOMMU (CONFIG_IOMMUFD_TEST) drives the devices IOMMU_TEST_OP_MOCK_DOMAIN
-        # makes, whatever IOMMU the system has; it is the system's driver on a mock system.
-        self.mock_driver = self.driver if system.iommu == "mock" else MockDriver(self)
+        # makes; it is the system's driver on a mock system.  A device without a fwspec is probed
+        # by the first IOMMU registered without a fwnode (__iommu_probe_device,
+        # iommu_fwspec_ops(NULL)): Intel and AMD register so at boot, before the selftest, and
+        # their probe_device refuses the non-PCI mock device -- no IOMMU for it (None), as the
+        # conformance VM shows (the mock only probes without intel-iommu).  SMMUv3 and
+        # virtio-iommu register with a fwnode and leave mock devices to the mock.
+        self.mock_driver = (self.driver if system.iommu == "mock" else
+                            None if system.iommu in ("intel", "amd") else MockDriver(self))
         self.mock_devs: dict[str, MockDev] = {}   # name -> mock device (selftest.c mock_dev_create)
         self.files: dict[int, object] = {}     # fd -> open file
         self.ctxs: dict[int, IommufdCtx] = {}  # fd -> iommufd ctx (also in files)
