@@ -15,7 +15,7 @@ import errno
 from .. import uapi
 from ..errors import EmulationGap
 from . import device as idevice
-from . import fault, fault_inject, hw_pagetable, ioas, kvm as kvmmod, selftest, selftest_pages, vfio, vfio_compat
+from . import fault, fault_inject, hw_pagetable, ioas, kvm as kvmmod, selftest, selftest_pages, vfio, vfio_compat  # noqa: F401 (selftest_pages registers its ops)
 from .drivers import DRIVERS
 from .drivers.mock import MockDev, MockDriver
 from .drivers.base import Domain
@@ -80,6 +80,34 @@ def _get_hw_info(ctx, cmd) -> None:
 _OP_TABLES: dict[tuple, dict] = {}
 
 
+def _iommufd_handlers(profile) -> dict:
+    """iommufd command nr -> (handler, kernel struct) for every command the emulator models, with
+    the struct layouts of this profile's kernel (whether the kernel has the command is
+    _IOMMUFD_OPS's business)."""
+    handlers = {uapi.IOMMUFD_CMD_DESTROY: (_destroy, uapi.iommu_destroy),
+                uapi.IOMMUFD_CMD_IOAS_ALLOC: (ioas.ioas_alloc, uapi.iommu_ioas_alloc),
+                uapi.IOMMUFD_CMD_IOAS_MAP: (ioas.ioas_map, uapi.iommu_ioas_map),
+                uapi.IOMMUFD_CMD_IOAS_UNMAP: (ioas.ioas_unmap, uapi.iommu_ioas_unmap),
+                uapi.IOMMUFD_CMD_VFIO_IOAS: (ioas.vfio_ioas, uapi.iommu_vfio_ioas),
+                uapi.IOMMUFD_CMD_TEST: (selftest.iommufd_test, uapi.iommu_test_cmd),
+                uapi.IOMMUFD_CMD_HWPT_SET_DIRTY_TRACKING: (hw_pagetable.hwpt_set_dirty_tracking,
+                                                          uapi.iommu_hwpt_set_dirty_tracking),
+                uapi.IOMMUFD_CMD_HWPT_GET_DIRTY_BITMAP: (hw_pagetable.hwpt_get_dirty_bitmap,
+                                                        uapi.iommu_hwpt_get_dirty_bitmap),
+                uapi.IOMMUFD_CMD_HWPT_INVALIDATE: (hw_pagetable.hwpt_invalidate, uapi.iommu_hwpt_invalidate),
+                uapi.IOMMUFD_CMD_FAULT_QUEUE_ALLOC: (fault.fault_alloc, uapi.iommu_fault_alloc),
+                uapi.IOMMUFD_CMD_IOAS_IOVA_RANGES: (ioas.ioas_iova_ranges, uapi.iommu_ioas_iova_ranges),
+                uapi.IOMMUFD_CMD_IOAS_ALLOW_IOVAS: (ioas.ioas_allow_iovas, uapi.iommu_ioas_allow_iovas),
+                uapi.IOMMUFD_CMD_IOAS_COPY: (ioas.ioas_copy, uapi.iommu_ioas_copy),
+                uapi.IOMMUFD_CMD_OPTION: (iommufd_option, uapi.iommu_option)}
+    if profile.hwpt_alloc is not None:
+        handlers[uapi.IOMMUFD_CMD_HWPT_ALLOC] = (hw_pagetable.hwpt_alloc,
+                                                 uapi.HWPT_ALLOC_LAYOUTS[profile.hwpt_alloc])
+    if profile.hw_info is not None:
+        handlers[uapi.IOMMUFD_CMD_GET_HW_INFO] = (_get_hw_info, uapi.HW_INFO_LAYOUTS[profile.hw_info])
+    return handlers
+
+
 def _iommufd_op_table(profile) -> dict:
     """request -> (handler, kernel struct, min_size, struct size) for every iommufd command this
     profile's kernel knows and the emulator models (what ``_iommufd_ioctl_checked`` works out per
@@ -87,27 +115,7 @@ def _iommufd_op_table(profile) -> dict:
     key = (profile.kernel, profile.hwpt_alloc, profile.hw_info)
     table = _OP_TABLES.get(key)
     if table is None:
-        handlers = {uapi.IOMMUFD_CMD_DESTROY: (_destroy, uapi.iommu_destroy),
-                    uapi.IOMMUFD_CMD_IOAS_ALLOC: (ioas.ioas_alloc, uapi.iommu_ioas_alloc),
-                    uapi.IOMMUFD_CMD_IOAS_MAP: (ioas.ioas_map, uapi.iommu_ioas_map),
-                    uapi.IOMMUFD_CMD_IOAS_UNMAP: (ioas.ioas_unmap, uapi.iommu_ioas_unmap),
-                    uapi.IOMMUFD_CMD_VFIO_IOAS: (ioas.vfio_ioas, uapi.iommu_vfio_ioas),
-                    uapi.IOMMUFD_CMD_TEST: (selftest.iommufd_test, uapi.iommu_test_cmd),
-                    uapi.IOMMUFD_CMD_HWPT_SET_DIRTY_TRACKING: (hw_pagetable.hwpt_set_dirty_tracking,
-                                                              uapi.iommu_hwpt_set_dirty_tracking),
-                    uapi.IOMMUFD_CMD_HWPT_GET_DIRTY_BITMAP: (hw_pagetable.hwpt_get_dirty_bitmap,
-                                                            uapi.iommu_hwpt_get_dirty_bitmap),
-                    uapi.IOMMUFD_CMD_HWPT_INVALIDATE: (hw_pagetable.hwpt_invalidate, uapi.iommu_hwpt_invalidate),
-                    uapi.IOMMUFD_CMD_FAULT_QUEUE_ALLOC: (fault.fault_alloc, uapi.iommu_fault_alloc),
-                    uapi.IOMMUFD_CMD_IOAS_IOVA_RANGES: (ioas.ioas_iova_ranges, uapi.iommu_ioas_iova_ranges),
-                    uapi.IOMMUFD_CMD_IOAS_ALLOW_IOVAS: (ioas.ioas_allow_iovas, uapi.iommu_ioas_allow_iovas),
-                    uapi.IOMMUFD_CMD_IOAS_COPY: (ioas.ioas_copy, uapi.iommu_ioas_copy),
-                    uapi.IOMMUFD_CMD_OPTION: (iommufd_option, uapi.iommu_option)}
-        if profile.hwpt_alloc is not None:
-            handlers[uapi.IOMMUFD_CMD_HWPT_ALLOC] = (hw_pagetable.hwpt_alloc,
-                                                     uapi.HWPT_ALLOC_LAYOUTS[profile.hwpt_alloc])
-        if profile.hw_info is not None:
-            handlers[uapi.IOMMUFD_CMD_GET_HW_INFO] = (_get_hw_info, uapi.HW_INFO_LAYOUTS[profile.hw_info])
+        handlers = _iommufd_handlers(profile)
         kernel = _version(profile.kernel)
         table = {}
         for nr, (handler, kstruct) in handlers.items():
@@ -473,40 +481,10 @@ class Host:
         return 0
 
     def _iommufd_handler(self, nr: int):
-        p = self.profile
-        if nr == uapi.IOMMUFD_CMD_DESTROY:
-            return (lambda ctx, cmd: ctx.remove(cmd.id)), uapi.iommu_destroy
-        if nr == uapi.IOMMUFD_CMD_IOAS_ALLOC:
-            return ioas.ioas_alloc, uapi.iommu_ioas_alloc
-        if nr == uapi.IOMMUFD_CMD_IOAS_MAP:
-            return ioas.ioas_map, uapi.iommu_ioas_map
-        if nr == uapi.IOMMUFD_CMD_IOAS_UNMAP:
-            return ioas.ioas_unmap, uapi.iommu_ioas_unmap
-        if nr == uapi.IOMMUFD_CMD_VFIO_IOAS:
-            return ioas.vfio_ioas, uapi.iommu_vfio_ioas
-        if nr == uapi.IOMMUFD_CMD_HWPT_ALLOC:
-            return hw_pagetable.hwpt_alloc, uapi.HWPT_ALLOC_LAYOUTS[p.hwpt_alloc]
-        if nr == uapi.IOMMUFD_CMD_GET_HW_INFO:
-            return (lambda ctx, cmd: idevice.get_hw_info(ctx, cmd, self.mem)), uapi.HW_INFO_LAYOUTS[p.hw_info]
-        if nr == uapi.IOMMUFD_CMD_TEST:
-            return selftest.iommufd_test, uapi.iommu_test_cmd
-        if nr == uapi.IOMMUFD_CMD_HWPT_SET_DIRTY_TRACKING:
-            return hw_pagetable.hwpt_set_dirty_tracking, uapi.iommu_hwpt_set_dirty_tracking
-        if nr == uapi.IOMMUFD_CMD_HWPT_GET_DIRTY_BITMAP:
-            return hw_pagetable.hwpt_get_dirty_bitmap, uapi.iommu_hwpt_get_dirty_bitmap
-        if nr == uapi.IOMMUFD_CMD_HWPT_INVALIDATE:
-            return hw_pagetable.hwpt_invalidate, uapi.iommu_hwpt_invalidate
-        if nr == uapi.IOMMUFD_CMD_FAULT_QUEUE_ALLOC:
-            return fault.fault_alloc, uapi.iommu_fault_alloc
-        if nr == uapi.IOMMUFD_CMD_IOAS_IOVA_RANGES:
-            return ioas.ioas_iova_ranges, uapi.iommu_ioas_iova_ranges
-        if nr == uapi.IOMMUFD_CMD_IOAS_ALLOW_IOVAS:
-            return ioas.ioas_allow_iovas, uapi.iommu_ioas_allow_iovas
-        if nr == uapi.IOMMUFD_CMD_IOAS_COPY:
-            return ioas.ioas_copy, uapi.iommu_ioas_copy
-        if nr == uapi.IOMMUFD_CMD_OPTION:
-            return iommufd_option, uapi.iommu_option
-        raise EmulationGap(f"{uapi.request_name(uapi._IO(uapi.IOMMUFD_TYPE, nr))} is not modelled by the emulator")
+        handler = _iommufd_handlers(self.profile).get(nr)
+        if handler is None:
+            raise EmulationGap(f"{uapi.request_name(uapi._IO(uapi.IOMMUFD_TYPE, nr))} is not modelled by the emulator")
+        return handler
 
     def _cdev_ioctl(self, f, request: int, buf) -> int:
         """vfio_device_fops_unl_ioctl: BIND first; anything else needs access_granted (EINVAL)."""
