@@ -339,3 +339,12 @@ def test_profile_file_reaches_the_program(cc, tmp_path):
         assert r.returncode == 0, r.stderr
         got[bool(args)] = {line.split()[-1] for line in r.stdout.splitlines()[1:]}
     assert len(got[False]) == 1 and len(got[True]) == 2    # 6.12: one HWPT; with the upgrade: two
+
+
+def test_legacy_container_served_by_iommufd(cc):
+    """6.2 group path with /dev/vfio/vfio as the container: iommufd serves it (vfio_compat.c)."""
+    exe = cc(ROOT / "tests" / "emulate" / "container.c")
+    r = emulate("--kernel", "6.2", "--system", str(EXAMPLES / "two-devices.toml"), "-q", "--", exe)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["container 1 api 0 type1v2 1", "set_container 0 ", "set_iommu 0 ",
+                                     "device fd 1 "]

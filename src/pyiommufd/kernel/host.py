@@ -301,9 +301,15 @@ class Host:
 
     # -- files -----------------------------------------------------------------------
     def open(self, path: str) -> int:
-        if path == "/dev/iommu":
+        if path in ("/dev/iommu", "/dev/vfio/vfio"):
+            # iommufd_fops_open (main.c, 6.2.1 and 6.12.117): with CONFIG_IOMMUFD_VFIO_CONTAINER (the
+            # conformance kernels) iommufd also provides /dev/vfio/vfio, a ctx that accounts pinned
+            # pages as VFIO does (IOPT_PAGES_ACCOUNT_MM) and takes the VFIO container ioctls
             fd = self._new_fd()
             ctx = IommufdCtx(self, fd)
+            if path == "/dev/vfio/vfio":
+                from .pages import ACCOUNT_MM
+                ctx.account_mode = ACCOUNT_MM
             ctx.refs = 1
             self.ctxs[fd] = ctx
             self.files[fd] = ctx
