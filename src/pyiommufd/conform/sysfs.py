@@ -56,8 +56,10 @@ def pci_devices(root: str = "/") -> list[dict]:
 
 
 def edu_devices(root: str = "/") -> list[dict]:
-    """QEMU edu devices bound to vfio-pci (with a cdev), sorted by BDF."""
-    return [d for d in pci_devices(root) if (d["vendor"], d["device"]) == EDU and d["cdev"]]
+    """QEMU edu devices bound to vfio-pci, sorted by BDF (with a cdev from 6.6; before, only
+    their group's /dev/vfio/N)."""
+    return [d for d in pci_devices(root) if (d["vendor"], d["device"]) == EDU
+            and (d["cdev"] or d["driver"] == "vfio-pci")]
 
 
 def iommu_units(root: str = "/") -> list[dict]:
@@ -110,8 +112,14 @@ def parse_page_table(text: str | None) -> tuple[int, list[bool]] | None:
     return (pages, sorted(snp)) if pages else None
 
 
-def page_table(bdf: str, root: str = "/") -> tuple[int, list[bool]] | None:
-    return parse_page_table(read(_p(root, f"/sys/kernel/debug/iommu/intel/{bdf}/domain_translation_struct")))
+def page_table(bdf: str, root: str = "/", unit: str | None = None) -> tuple[int, list[bool]] | None:
+    """The device's page table from its debugfs dump (6.12); on releases without one, walked in
+    RAM through /dev/mem (devmem.py) when the device's remapping *unit* is given."""
+    text = read(_p(root, f"/sys/kernel/debug/iommu/intel/{bdf}/domain_translation_struct"))
+    if text is None and unit and root == "/" and os.path.isdir("/sys/kernel/debug/iommu/intel"):
+        from .devmem import page_table as walk
+        return walk(bdf, unit)
+    return parse_page_table(text)
 
 
 def cc_of(pt: tuple[int, list[bool]] | None) -> list | None:

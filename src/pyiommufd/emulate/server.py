@@ -17,6 +17,7 @@ the call, as the kernel's do) and gets no answer.
 from __future__ import annotations
 
 import array
+import ctypes
 import errno
 import os
 import select
@@ -50,7 +51,7 @@ class Conn:
     """One connection: a call channel, or an emulated file (``host_fd`` set).  A channel's
     ``proved`` maps the fd numbers whose files it has passed (SCM_RIGHTS) to those files."""
 
-    __slots__ = ("sock", "pid", "host_fd", "path", "ino", "dead", "proved")
+    __slots__ = ("sock", "pid", "host_fd", "path", "ino", "dead", "proved", "mm")
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
@@ -61,6 +62,7 @@ class Conn:
         self.ino = None
         self.dead = False
         self.proved: dict[int, Conn] = {}
+        self.mm = None
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
                         struct.pack("ll", int(CALL_TIMEOUT), int(CALL_TIMEOUT % 1 * 1e6)))
 
@@ -114,56 +116,101 @@ def _mapped(pid: int, addr: int, length: int) -> bool:
     return cur >= end
 
 
-class ProcMemory:
-    """The memory of a process other than the caller (pages it mapped into an IOAS earlier:
-    fork_present), through /proc/pid/mem -- what the kernel does with pages->source_mm.
-    ``host.remote_mem`` hands it out while the process lives."""
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+for _fn in (_libc.process_vm_readv, _libc.process_vm_writev):
+    _fn.argtypes = [ctypes.c_int, ctypes.POINTER(_Iovec), ctypes.c_ulong, ctypes.POINTER(_Iovec),
+                    ctypes.c_ulong, ctypes.c_ulong]
+    _fn.restype = ctypes.c_ssize_t
+
+
+class ProcessMm:
+    """The address space of one program process (struct mm_struct as iommufd holds it:
+    iopt_pages->source_mm).  The process is the one at the other end of a call channel: its pid
+    comes from SO_PEERCRED when it connected, and a pidfd taken while it waited for the answer
+    tells when it is gone.  Reads and writes are process_vm_readv/writev, which honour the
+    page protections as copy_from_user / copy_to_user do; a gone process reads as EFAULT
+    (mmget_not_zero fails)."""
+
+    __slots__ = ("pid", "pidfd", "usable", "mm_key")
 
     def __init__(self, pid: int):
         self.pid = pid
-        self.mm_key = ("pid", pid)
+        self.mm_key = ("pid", pid)   # kernel/pages.py: the identity page refcounts are kept by
+        self.usable = True
+        try:
+            self.pidfd = os.pidfd_open(pid)
+        except OSError:
+            self.pidfd, self.usable = None, False
 
-    @property
     def alive(self) -> bool:
-        try:
-            with open(f"/proc/{self.pid}/stat") as f:
-                return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-        except (OSError, IndexError):
+        if self.pidfd is None:
             return False
+        return not select.select([self.pidfd], [], [], 0)[0]
 
-    def read(self, addr: int, length: int) -> bytes:
-        try:
-            fd = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY)
-            try:
-                data = os.pread(fd, length, addr)
-            finally:
-                os.close(fd)
-        except (OSError, OverflowError):
-            data = b""
-        if len(data) != length:
-            raise KernelErr(errno.EFAULT, f"address {addr:#x} of process {self.pid} not readable")
-        return data
-
-    def write(self, addr: int, data: bytes) -> None:
-        try:
-            fd = os.open(f"/proc/{self.pid}/mem", os.O_WRONLY)
-            try:
-                n = os.pwrite(fd, bytes(data), addr)
-            finally:
-                os.close(fd)
-        except (OSError, OverflowError):
-            n = -1
-        if n != len(data):
-            raise KernelErr(errno.EFAULT, f"address {addr:#x} of process {self.pid} not writable")
+    def __del__(self) -> None:   # the model may keep an mm longer than the channel (an area's)
+        if self.pidfd is not None:
+            os.close(self.pidfd)
 
     def probe(self, addr: int, length: int) -> None:
-        if not _mapped(self.pid, addr, length):
+        """Is the range mapped in this process (pin_user_pages without moving data)?"""
+        if not self.alive() or not _mapped(self.pid, addr, length):
             raise KernelErr(errno.EFAULT, f"[{addr:#x}, +{length:#x}) not mapped in process {self.pid}")
+
+    def _xfer(self, fn, addr: int, buf, length: int) -> int:
+        """Bytes moved, or -errno."""
+        local = _Iovec(ctypes.addressof(buf), length)
+        remote = _Iovec(addr, length)
+        n = fn(self.pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+        return n if n >= 0 else -ctypes.get_errno()
+
+    def read_upto(self, addr: int, length: int):
+        """Up to ``length`` readable bytes at ``addr``; None if this process cannot be read
+        from here (no ptrace permission: the caller asks the program instead)."""
+        if not self.usable:
+            return None
+        if not self.alive():
+            raise KernelErr(errno.EFAULT, f"process {self.pid} is gone")
+        buf = ctypes.create_string_buffer(max(length, 1))
+        n = self._xfer(_libc.process_vm_readv, addr, buf, length)
+        if n == -errno.EPERM:
+            self.usable = False
+            return None
+        if n == -errno.ESRCH:
+            raise KernelErr(errno.EFAULT, f"process {self.pid} is gone")
+        return buf.raw[:max(n, 0)]
+
+    def read(self, addr: int, length: int):
+        data = self.read_upto(addr, length)
+        if data is not None and len(data) != length:
+            raise KernelErr(errno.EFAULT, f"user address {addr + len(data):#x} not readable")
+        return data
+
+    def write(self, addr: int, data: bytes):
+        """True when written; None when the program must be asked; KernelErr(EFAULT)."""
+        if not self.usable:
+            return None
+        if not self.alive():
+            raise KernelErr(errno.EFAULT, f"process {self.pid} is gone")
+        buf = ctypes.create_string_buffer(bytes(data), max(len(data), 1))
+        n = self._xfer(_libc.process_vm_writev, addr, buf, len(data))
+        if n == -errno.EPERM:
+            self.usable = False
+            return None
+        if n != len(data):
+            raise KernelErr(errno.EFAULT, f"user address {addr:#x} not writable")
+        return True
 
 
 class ClientMemory:
     """copy_from_user / copy_to_user on the calling process: ``host.mem`` during a call.
-    Reads inside the prefetched head of the argument cost nothing; the rest is asked for.
+    Reads inside the prefetched head of the argument cost nothing; the rest goes through the
+    process's ProcessMm, or, where this server may not read it (ptrace rules), is asked for.
     ``mm_key`` names the process's address space (pages pinned from it are counted per
     address space, kernel/pages.py), ``probe`` checks a range is mapped without moving it."""
 
@@ -177,7 +224,7 @@ class ClientMemory:
     @property
     def mm_key(self):
         """The address space's identity (kernel/pages.py mm_key): one per client process."""
-        return ("pid", self.conn.pid)
+        return self.conn.mm.mm_key
 
     def _ask(self, addr: int, length: int, partial: bool) -> bytes:
         out = bytearray()
@@ -202,16 +249,28 @@ class ClientMemory:
             return self.head[off:off + length]
         if addr < 0 or addr + length > 1 << 64:
             raise KernelErr(errno.EFAULT, f"user address {addr:#x} out of range")
-        return self._ask(addr, length, False)
+        data = self.conn.mm.read(addr, length)
+        return data if data is not None else self._ask(addr, length, False)
 
     def read_upto(self, addr: int, length: int) -> bytes:
         """As many bytes as are readable from ``addr``, up to ``length``."""
         off = addr - self.base
         if off == 0 and length <= len(self.head):
             return self.head[:length]
-        return self._ask(addr, length, True)
+        data = self.conn.mm.read_upto(addr, length)
+        return data if data is not None else self._ask(addr, length, True)
 
     def write(self, addr: int, data: bytes) -> None:
+        if self.conn.mm.write(addr, data) is None:
+            self._ask_write(addr, data)
+        off = addr - self.base   # keep the cached head coherent with what was written
+        if off < len(self.head) and off + len(data) > 0:
+            head = bytearray(self.head)
+            lo, hi = max(off, 0), min(off + len(data), len(head))
+            head[lo:hi] = data[lo - off:hi - off]
+            self.head = bytes(head)
+
+    def _ask_write(self, addr: int, data: bytes) -> None:
         for i in range(0, len(data), P.MAXMSG):
             chunk = bytes(data[i:i + P.MAXMSG])
             self.conn.send(P.S_WRITE, addr + i, payload=chunk)
@@ -220,12 +279,6 @@ class ClientMemory:
                 raise ClientGone("protocol error: expected C_RET")
             if err:
                 raise KernelErr(err, f"user address {addr + i:#x} not writable")
-        off = addr - self.base   # keep the cached head coherent with what was written
-        if off < len(self.head) and off + len(data) > 0:
-            head = bytearray(self.head)
-            lo, hi = max(off, 0), min(off + len(data), len(head))
-            head[lo:hi] = data[lo - off:hi - off]
-            self.head = bytes(head)
 
     def zeroed(self, addr: int, length: int) -> bool:
         """check_zeroed_user: True if all zero, KernelErr(EFAULT) if unreadable."""
@@ -284,7 +337,8 @@ class Server:
     def __init__(self, host, sockdir: str, trace=None, recorder=None, paths=None):
         self.host = host
         # pages->source_mm of another process: reachable while it lives (kernel/pages.py)
-        host.remote_mem = _remote_mem
+        host.remote_mem = self.remote_mem
+        self.mms: dict[int, ProcessMm] = {}           # pid -> its address space
         self.path = os.path.join(sockdir, "iommufd.sock")
         self.paths = paths or {}          # client path -> host path (group numbers)
         self.trace = trace                # callable(dict) or None
@@ -301,6 +355,11 @@ class Server:
         self.by_ino: dict[int, Conn] = {}
         self.gaps: set[str] = set()
         self.calls = 0
+
+    def remote_mem(self, key):
+        """host.remote_mem: the address space ``key`` names, None once its process has exited."""
+        mm = self.mms.get(key[1]) if isinstance(key, tuple) and key[0] == "pid" else None
+        return mm if mm is not None and mm.alive() else None
 
     # -- files -------------------------------------------------------------------------------
     def file_of(self, fd: int) -> Conn | None:
@@ -413,6 +472,10 @@ class Server:
                 sock.close()
                 continue
             if type_ == P.T_CHAN:
+                mm = self.mms.get(conn.pid)       # one per process, whichever thread connects
+                if mm is None or not mm.alive():
+                    mm = self.mms[conn.pid] = ProcessMm(conn.pid)   # it waits for our answer: alive
+                conn.mm = mm
                 conn.send(P.C_RET)
                 self.sel.register(sock, selectors.EVENT_READ, conn)
             elif type_ == P.T_OPEN and len(fds) == 1:
@@ -609,12 +672,6 @@ class Server:
             self.trace(rec)
 
 
-def _remote_mem(key):
-    """host.remote_mem: the memory of the process ``key`` names, None once it has exited."""
-    if not (isinstance(key, tuple) and key[0] == "pid" and key[1]):
-        return None
-    mem = ProcMemory(key[1])
-    return mem if mem.alive else None
 
 
 class _NoMem:
