@@ -42,8 +42,10 @@ def mm_key(mem):
 
 
 def mm_alive(mem) -> bool:
-    """mmget_not_zero: False once the process that owns ``mem`` has exited."""
-    return getattr(mem, "alive", True)
+    """mmget_not_zero: False once the process that owns ``mem`` has exited (``alive`` may be
+    an attribute or a method)."""
+    alive = getattr(mem, "alive", True)
+    return bool(alive() if callable(alive) else alive)
 
 
 def probe_user(mem, addr: int, length: int) -> None:
