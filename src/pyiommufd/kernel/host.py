@@ -396,7 +396,11 @@ class Host:
 
     # -- ioctl -------------------------------------------------------------------------
     def ioctl(self, fd: int, request: int, buf) -> int:
-        """Decode ``buf`` (a writable buffer: ctypes struct or bytearray) as the kernel would."""
+        """Decode ``buf`` (a writable buffer: ctypes struct or bytearray) as the kernel would.
+        Returns the ioctl's value (VFIO_CHECK_EXTENSION answers through it).  For requests in
+        ARG_IS_VALUE the kernel uses the argument as a number: ``buf`` then holds it as 8
+        little-endian bytes; VFIO type1 requests (ARGSZ_MINSZ) pass max(argsz, minsz) bytes of
+        the caller's struct."""
         f = self.files.get(fd)
         if f is None:
             raise KernelErr(errno.EBADF, f"fd {fd} is not open")
