@@ -146,6 +146,11 @@ class UserMemory:
 
     __slots__ = ("maps", "pages", "next_addr")
     LIMIT = 1 << 47            # the x86-64 user address space
+    alive = True               # kernel/pages.py memory protocol: the one in-process address space
+
+    @property
+    def mm_key(self):
+        return self
 
     def __init__(self):
         self.maps: dict[int, int] = {}            # base -> length
