@@ -325,3 +325,17 @@ def test_interposer_is_cached(tmp_path, monkeypatch):
     mtime = first.stat().st_mtime_ns
     assert build.interposer() == first and first.stat().st_mtime_ns == mtime
     assert oct(first.parent.parent.stat().st_mode & 0o777) == "0o700"
+
+
+def test_profile_file_reaches_the_program(cc, tmp_path):
+    """--profile-file: a patch modelled as a profile changes what a real program sees."""
+    exe = cc(EXAMPLES / "two_devices.c")
+    patch = tmp_path / "keep.toml"
+    patch.write_text('name = "my-upgrade-keep"\nbase = "linux-6.12"\n[switches]\nupgrade_on_attach = true\n'
+                     '[sources]\nupgrade_on_attach = "test"\n')
+    got = {}
+    for args in ([], ["--profile-file", str(patch)]):
+        r = emulate(*args, "--system", str(EXAMPLES / "two-devices.toml"), "-q", "--", exe, "gpu", "nic")
+        assert r.returncode == 0, r.stderr
+        got[bool(args)] = {line.split()[-1] for line in r.stdout.splitlines()[1:]}
+    assert len(got[False]) == 1 and len(got[True]) == 2    # 6.12: one HWPT; with the upgrade: two

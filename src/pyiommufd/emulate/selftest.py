@@ -140,20 +140,11 @@ def build(tarball: Path = DEBIAN_TARBALL, cc: str = "gcc") -> dict[str, Path]:
     return bins
 
 
-def parse_tap(text: str) -> dict[str, str]:
-    """The kselftest harness's TAP output -> {"fixture.variant.test": "pass" | "fail" | "skip"}."""
-    results = {}
-    for line in text.splitlines():
-        m = re.match(r"(not ok|ok) \d+ (\S+)(.*)$", line)
-        if m:
-            results[m.group(2)] = "skip" if "# SKIP" in m.group(3) else ("pass" if m.group(1) == "ok" else "fail")
-    return results
-
-
 def run_on_emulator(binary: Path, profile: str = "linux-6.12", args: tuple[str, ...] = (),
                     timeout: float = 900) -> tuple[dict[str, str], str]:
     """Run a selftest binary under ``pyiommufd emulate``; ({case: result}, full output)."""
     import sys
     cmd = [sys.executable, "-m", "pyiommufd", "emulate", "--profile", profile, "--", str(binary), *args]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    from ..conform.selftest import parse_tap    # the one kselftest TAP parser, shared with the real run
     return parse_tap(r.stdout), r.stdout + r.stderr
