@@ -14,6 +14,7 @@ import errno
 
 from .. import uapi
 from ..errors import EmulationGap
+from ..profiles import release_tuple
 from . import device as idevice
 from . import fault, fault_inject, hw_pagetable, ioas, kvm as kvmmod, selftest, selftest_pages, vfio, vfio_compat
 from .drivers import DRIVERS
@@ -65,8 +66,7 @@ ARG_IS_VALUE = frozenset({uapi.VFIO_GET_API_VERSION, uapi.VFIO_CHECK_EXTENSION, 
 ARGSZ_MINSZ = vfio_compat.ARGSZ_MINSZ
 
 
-def _version(v: str | None) -> tuple[int, int]:
-    return tuple(int(x) for x in (v or "99.99").split(".")[:2])
+_version = release_tuple
 
 
 def _destroy(ctx, cmd) -> None:
