@@ -59,15 +59,15 @@ class Mock:
         return uptr
 
     def hwpt_alloc(self, dev_id, pt_id, flags=0, data_type=0, data=None, data_len=None, fault_id=0):
+        """struct iommu_hwpt_alloc; ``data`` is copied to user memory (data_len defaults to its size)."""
         uptr = 0
         if data is not None:
             raw = bytes(data)
             uptr = self.host.mem.mmap(len(raw))
             self.host.mem.write(uptr, raw)
-        cmd = T.iommu_hwpt_alloc(flags=flags, dev_id=dev_id, pt_id=pt_id, data_type=data_type,
-                                 data_len=len(bytes(data)) if data_len is None and data is not None else (data_len or 0),
-                                 data_uptr=uptr, fault_id=fault_id)
-        return cmd
+            data_len = len(raw) if data_len is None else data_len
+        return T.iommu_hwpt_alloc(flags=flags, dev_id=dev_id, pt_id=pt_id, data_type=data_type,
+                                  data_len=data_len or 0, data_uptr=uptr, fault_id=fault_id)
 
     def destroy(self, obj_id):
         self.ioctl(T.IOMMU_DESTROY, T.iommu_destroy(id=obj_id))
@@ -494,3 +494,21 @@ def test_state_with_mock_objects_clones_and_snapshots(m):
     assert copy.snapshot() == m.host.snapshot()
     m.host.close(fa.out_fault_fd)
     assert copy.snapshot() != m.host.snapshot()
+
+
+def test_mock_device_cannot_join_another_drivers_domain():
+    """__iommu_attach_group: dev_iommu_ops(dev) != domain->owner -> EINVAL; a mock device next to
+    Intel devices gets its own mock domain from the auto search, and cannot be put on an Intel HWPT."""
+    from pyiommufd.client import Iommufd, VfioDevice
+    emu = emulated(System.simple("intel", devices={"nic": True}), "linux-6.12")
+    ifd = Iommufd(emu.transport)
+    ioas = ifd.ioas_alloc()
+    nic = VfioDevice(emu.transport, emu.cdev_path("nic"))
+    nic.bind(ifd)
+    intel_hwpt = nic.attach(ioas.id)
+    m = Mock.__new__(Mock)
+    m.host, m.fd = emu.host, ifd.fd
+    _, mock_hwpt, _ = m.mock_domain(ioas.id)
+    assert mock_hwpt != intel_hwpt
+    assert m.host.ctxs[m.fd].objects[mock_hwpt].domain.driver == "mock"
+    assert m.err(T.IOMMU_TEST_CMD, m.test(T.IOMMU_TEST_OP_MOCK_DOMAIN, intel_hwpt)) == errno.EINVAL

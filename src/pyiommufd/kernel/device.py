@@ -36,7 +36,8 @@ class IGroup:
         self.handle = None   # the attach handle's device (iommufd_attach_handle->idev), 6.12
 
     def snapshot(self):
-        return (self.hwpt.id if self.hwpt else None, tuple(d.id for d in self.devices))
+        return (self.hwpt.id if self.hwpt else None, tuple(d.id for d in self.devices),
+                self.handle.id if self.handle is not None else None)
 
 
 class Device(Obj):
@@ -66,7 +67,7 @@ class Device(Obj):
             ctx.host.put_ctx(ctx)   # pairs with iommufd_ctx_get in device_bind
 
     def snapshot(self):
-        return (self.dev.name, self.igroup.group.name, self.enforce_cc)
+        return (self.dev.name, self.igroup.group.name, self.enforce_cc, self.iopf_enabled)
 
 
 # -- bind / unbind ------------------------------------------------------------------

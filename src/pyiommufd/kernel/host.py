@@ -14,6 +14,7 @@ import errno
 
 from .. import uapi
 from ..errors import EmulationGap
+from ..profiles import release_tuple
 from . import device as idevice
 from . import fault, fault_inject, hw_pagetable, ioas, kvm as kvmmod, selftest, selftest_pages, vfio, vfio_compat  # noqa: F401 (selftest_pages registers its ops)
 from .drivers import DRIVERS
@@ -65,8 +66,7 @@ ARG_IS_VALUE = frozenset({uapi.VFIO_GET_API_VERSION, uapi.VFIO_CHECK_EXTENSION, 
 ARGSZ_MINSZ = vfio_compat.ARGSZ_MINSZ
 
 
-def _version(v: str | None) -> tuple[int, int]:
-    return tuple(int(x) for x in (v or "99.99").split(".")[:2])
+_version = release_tuple
 
 
 def _destroy(ctx, cmd) -> None:
@@ -154,6 +154,11 @@ class UserMemory:
 
     __slots__ = ("maps", "pages", "next_addr")
     LIMIT = 1 << 47            # the x86-64 user address space
+    alive = True               # kernel/pages.py memory protocol: the one in-process address space
+
+    @property
+    def mm_key(self):
+        return self
 
     def __init__(self):
         self.maps: dict[int, int] = {}            # base -> length
@@ -410,7 +415,11 @@ class Host:
 
     # -- ioctl -------------------------------------------------------------------------
     def ioctl(self, fd: int, request: int, buf) -> int:
-        """Decode ``buf`` (a writable buffer: ctypes struct or bytearray) as the kernel would."""
+        """Decode ``buf`` (a writable buffer: ctypes struct or bytearray) as the kernel would.
+        Returns the ioctl's value (VFIO_CHECK_EXTENSION answers through it).  For requests in
+        ARG_IS_VALUE the kernel uses the argument as a number: ``buf`` then holds it as 8
+        little-endian bytes; VFIO type1 requests (ARGSZ_MINSZ) pass max(argsz, minsz) bytes of
+        the caller's struct."""
         f = self.files.get(fd)
         if f is None:
             raise KernelErr(errno.EBADF, f"fd {fd} is not open")

@@ -6,9 +6,7 @@ from __future__ import annotations
 import errno
 
 from .. import uapi
-from ..errors import EmulationGap
 from . import dirty
-from .drivers import mock
 from .err import KernelErr
 from .iommu import UserData, UserDataArray
 from .main import OBJ_DEVICE, OBJ_FAULT, OBJ_HWPT_NESTED, OBJ_HWPT_PAGING, OBJ_IOAS, IommufdCtx, Obj
@@ -151,7 +149,7 @@ def nested_alloc(ctx: IommufdCtx, parent: HwptPaging, idev, flags: int, user_dat
     NEST_PARENT of the same driver (EINVAL); the driver checks and copies the data."""
     host = ctx.host
     driver = host.driver_of(idev.dev)
-    allowed = uapi.IOMMU_HWPT_FAULT_ID_VALID if has_fault_queues(host.profile) else 0
+    allowed = uapi.IOMMU_HWPT_FAULT_ID_VALID if host.profile.has("6.11") else 0   # fault.c
     if flags & ~allowed or not user_data.len or not driver.has_domain_alloc_user:
         raise KernelErr(errno.EOPNOTSUPP, "nested HWPT: no flags but FAULT_ID_VALID, and data required")
     if parent.auto_domain or not parent.nest_parent or host.driver_of_domain(parent.domain) is not driver:
@@ -167,11 +165,6 @@ def nested_alloc(ctx: IommufdCtx, parent: HwptPaging, idev, flags: int, user_dat
         ctx.abort(hwpt)
         raise
     return hwpt
-
-
-def has_fault_queues(profile) -> bool:
-    """IOMMU_FAULT_QUEUE_ALLOC and IOMMU_HWPT_FAULT_ID_VALID exist (v6.11, fault.c)."""
-    return profile.kernel is None or tuple(int(x) for x in profile.kernel.split(".")[:2]) >= (6, 11)
 
 
 def hwpt_alloc(ctx: IommufdCtx, cmd) -> None:
@@ -272,9 +265,7 @@ def hwpt_invalidate(ctx: IommufdCtx, cmd) -> None:
         hwpt = ctx.get(cmd.hwpt_id, OBJ_HWPT_NESTED)
         array = UserDataArray(cmd.data_type, cmd.data_uptr, cmd.entry_len, cmd.entry_num)
         try:
-            if hwpt.domain.driver != "mock":
-                raise EmulationGap(f"cache_invalidate_user of {hwpt.domain.driver} nested domains is not modelled")
-            mock.cache_invalidate_user(ctx.host, hwpt.domain, array)
+            ctx.host.driver_of_domain(hwpt.domain).cache_invalidate_user(hwpt.domain, array)
         finally:
             done = array.entry_num
     except KernelErr as e:

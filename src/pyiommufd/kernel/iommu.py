@@ -46,13 +46,17 @@ def release_dma_owner(group: IommuGroup) -> None:
 def _check_all(host, domain, group: IommuGroup) -> None:
     for name in group.devices:
         dev = host.device_named(name)
-        host.driver_of(dev).attach_dev(domain, dev)
+        host.driver_of_domain(domain).attach_dev(domain, dev)   # domain->ops->attach_dev
 
 
 def attach_group(host, domain, group: IommuGroup) -> None:
-    """iommu_attach_group: EBUSY if the group is in another domain; the driver checks each device."""
+    """iommu_attach_group (__iommu_attach_group): EBUSY if the group is in another domain, EINVAL
+    for a domain of another driver (dev_iommu_ops(dev) != domain->owner: a mock device onto an
+    Intel HWPT or the reverse); then the domain's driver checks each device."""
     if group.domain is not None and group.domain is not domain:
         raise KernelErr(errno.EBUSY, f"group {group.name} is attached to another domain")
+    if host.driver_of(host.device_named(group.devices[0])) is not host.driver_of_domain(domain):
+        raise KernelErr(errno.EINVAL, f"group {group.name}: the domain belongs to another IOMMU driver")
     _check_all(host, domain, group)
     for name in group.devices:
         domain.devices.append(name)

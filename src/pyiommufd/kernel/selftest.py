@@ -36,15 +36,11 @@ def register(op: int, since: str, handler) -> None:
     TEST_OPS[op] = (since, handler)
 
 
-def _version(v: str | None) -> tuple[int, ...]:
-    return tuple(int(x) for x in (v or "99.99").split(".")[:2])
-
-
 def iommufd_test(ctx: IommufdCtx, cmd: uapi.iommu_test_cmd) -> None:
     """iommufd_test: switch (cmd->op), default -EOPNOTSUPP.  The kernel never looks at
     __reserved or ``last``."""
     entry = TEST_OPS.get(cmd.op)
-    if entry is None or _version(entry[0]) > _version(ctx.host.profile.kernel):
+    if entry is None or not ctx.host.profile.has(entry[0]):
         raise KernelErr(errno.EOPNOTSUPP, f"IOMMU_TEST_CMD: unknown op {cmd.op}")
     entry[1](ctx, cmd)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 
+from ...errors import EmulationGap
 from ..err import KernelErr
 
 RESV_MSI = "msi"        # IOMMU_RESV_MSI: hardware MSI window
@@ -105,6 +106,10 @@ class Driver:
     # ops->enforce_cache_coherency; None when the driver has no such op
     def enforce_cache_coherency(self, domain: Domain) -> bool | None:
         return None
+
+    def cache_invalidate_user(self, domain: Domain, array) -> None:
+        """domain->ops->cache_invalidate_user of a nested domain (IOMMU_HWPT_INVALIDATE)."""
+        raise EmulationGap(f"cache_invalidate_user of {self.name} nested domains is not modelled")
 
     def capable_dirty_tracking(self, dev) -> bool:
         """device_iommu_capable(dev, IOMMU_CAP_DIRTY_TRACKING): the unit's SSADS (Intel)."""

@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import bisect
 import errno
 
 from ... import uapi
@@ -129,6 +130,30 @@ class MockDriver(Driver):
         if getattr(domain, "dirty_ops", False) and getattr(dev, "flags", 0) & uapi.MOCK_FLAGS_DEVICE_NO_DIRTY:
             raise KernelErr(errno.EINVAL, "mock: dirty-tracking domain and a NO_DIRTY device")
 
+    def cache_invalidate_user(self, domain: MockDomain, array) -> None:
+        """mock_domain_cache_invalidate_user: data type IOMMU_HWPT_INVALIDATE_DATA_SELFTEST (else
+        EINVAL); each entry (struct iommu_hwpt_invalidate_selftest): unknown flags EOPNOTSUPP,
+        iotlb_id > MOCK_NESTED_DOMAIN_IOTLB_ID_MAX EINVAL, FLAG_ALL zeroes every iotlb entry, else
+        the one.  ``array.entry_num`` becomes the number handled, also on error."""
+        processed = 0
+        try:
+            if array.type != uapi.IOMMU_HWPT_INVALIDATE_DATA_SELFTEST:
+                raise KernelErr(errno.EINVAL, f"invalidation data_type {array.type:#x}")
+            for i in range(array.entry_num):
+                inv = array.copy(self.host, uapi.iommu_hwpt_invalidate_selftest,
+                                 uapi.IOMMU_HWPT_INVALIDATE_DATA_SELFTEST, i, "iotlb_id")
+                if inv.flags & ~uapi.IOMMU_TEST_INVALIDATE_FLAG_ALL:
+                    raise KernelErr(errno.EOPNOTSUPP, f"entry {i}: unknown flags {inv.flags:#x}")
+                if inv.iotlb_id > uapi.MOCK_NESTED_DOMAIN_IOTLB_ID_MAX:
+                    raise KernelErr(errno.EINVAL, f"entry {i}: iotlb_id {inv.iotlb_id}")
+                if inv.flags & uapi.IOMMU_TEST_INVALIDATE_FLAG_ALL:
+                    domain.iotlb = [0] * uapi.MOCK_NESTED_DOMAIN_IOTLB_NUM
+                else:
+                    domain.iotlb[inv.iotlb_id] = 0
+                processed += 1
+        finally:
+            array.entry_num = processed
+
     def hw_info(self, dev) -> tuple[int, bytes]:
         """mock_domain_hw_info: struct iommu_test_hw_info { flags 0, test_reg REGVAL }."""
         return uapi.IOMMU_HW_INFO_TYPE_SELFTEST, bytes(
@@ -159,7 +184,6 @@ class MockPtes:
         self.ranges = sorted((s, l) for s, (l, _) in domain.ptes.items())
 
     def area(self, iova: int):
-        import bisect
         i = bisect.bisect_right(self.ranges, (iova, 1 << 65)) - 1
         if i >= 0 and self.ranges[i][0] <= iova <= self.ranges[i][1]:
             return self.ranges[i]
@@ -218,27 +242,3 @@ def read_and_clear_dirty(domain: MockDomain, ptes: MockPtes, iova: int, size: in
         if iova >= end:
             break
 
-
-def cache_invalidate_user(host, domain: MockDomain, array) -> None:
-    """mock_domain_cache_invalidate_user: data type IOMMU_HWPT_INVALIDATE_DATA_SELFTEST (else
-    EINVAL); each entry (struct iommu_hwpt_invalidate_selftest): unknown flags EOPNOTSUPP,
-    iotlb_id > MOCK_NESTED_DOMAIN_IOTLB_ID_MAX EINVAL, FLAG_ALL zeroes every iotlb entry, else
-    the one.  ``array.entry_num`` becomes the number handled, also on error."""
-    processed = 0
-    try:
-        if array.type != uapi.IOMMU_HWPT_INVALIDATE_DATA_SELFTEST:
-            raise KernelErr(errno.EINVAL, f"invalidation data_type {array.type:#x}")
-        for i in range(array.entry_num):
-            inv = array.copy(host, uapi.iommu_hwpt_invalidate_selftest, uapi.IOMMU_HWPT_INVALIDATE_DATA_SELFTEST,
-                             i, "iotlb_id")
-            if inv.flags & ~uapi.IOMMU_TEST_INVALIDATE_FLAG_ALL:
-                raise KernelErr(errno.EOPNOTSUPP, f"entry {i}: unknown flags {inv.flags:#x}")
-            if inv.iotlb_id > uapi.MOCK_NESTED_DOMAIN_IOTLB_ID_MAX:
-                raise KernelErr(errno.EINVAL, f"entry {i}: iotlb_id {inv.iotlb_id}")
-            if inv.flags & uapi.IOMMU_TEST_INVALIDATE_FLAG_ALL:
-                domain.iotlb = [0] * uapi.MOCK_NESTED_DOMAIN_IOTLB_NUM
-            else:
-                domain.iotlb[inv.iotlb_id] = 0
-            processed += 1
-    finally:
-        array.entry_num = processed
