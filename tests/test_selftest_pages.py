@@ -746,3 +746,32 @@ def test_fail_nth_leaves_state_unchanged(name):
         assert st.teardown_refs() == 0
         n += 1
     assert n > 1          # the sweep met at least one failure point
+
+
+# -- the client API over the same ioctls ----------------------------------------------------------------
+def test_client_iova_ranges_allow_copy_and_huge_pages():
+    from pyiommufd.client import Iommufd, emulated
+    from pyiommufd.errors import IoctlError
+    emu = emulated(System(iommu="mock", units=(Unit("mock0"),)), "linux-6.12")
+    with Iommufd(emu.transport) as ifd:
+        a, b = ifd.ioas_alloc(), ifd.ioas_alloc()
+        assert a.iova_ranges() == ([(0, SIZE_MAX)], 1)
+        reserve = uapi.iommu_test_cmd(size=72, op=uapi.IOMMU_TEST_OP_ADD_RESERVED, id=a.id)
+        for i in range(12):   # 13 holes: more than the first array holds
+            reserve.add_reserved.start, reserve.add_reserved.length = (2 * i + 1) * PAGE, PAGE
+            ifd.ioctl(uapi.IOMMU_TEST_CMD, reserve)
+        ranges, align = a.iova_ranges()
+        assert len(ranges) == 13 and ranges[0] == (0, PAGE - 1) and ranges[-1] == (24 * PAGE, SIZE_MAX)
+        a.allow_iovas([(64 * PAGE, 128 * PAGE - 1)])
+        iova = a.map(None, 4 * PAGE)
+        assert 64 * PAGE <= iova < 128 * PAGE
+        assert b.copy_from(a, iova + PAGE, 2 * PAGE, 0x100000) == 0x100000
+        assert b.unmap(0x100000, 2 * PAGE) == 2 * PAGE
+        assert a.huge_pages
+        a.huge_pages = False
+        assert not a.huge_pages
+        with pytest.raises(IoctlError) as e:
+            a.allow_iovas([(PAGE, 3 * PAGE)])          # intersects a reserved range
+        assert e.value.errno_name == "EADDRINUSE"
+        a.allow_iovas([])
+        assert ifd.option(uapi.IOMMU_OPTION_RLIMIT_MODE, uapi.IOMMU_OPTION_OP_GET) == 0

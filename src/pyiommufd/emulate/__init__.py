@@ -69,7 +69,9 @@ def run(cmd: list[str], system: System, profile, *, trace: str | None = None, re
         recorder = Recorder(system, profile, system_path)
 
     def log(rec: dict) -> None:
-        out = dict(rec)
+        # every record has the contract's keys (DESIGN.md): ioctl/in/out are null for open/close/read/write
+        out = {"pid": None, "fd_kind": None, "call": None, "ioctl": None, "in": None, "out": None,
+               "result": None, "errno": None, "us": None, **rec}
         if "in" in out or "out" in out:
             from .trace import decode
             out["in"] = decode(host, rec.get("request"), rec.get("in"))

@@ -11,21 +11,8 @@ program opened (and on the devices bound to it) become steps.
 from __future__ import annotations
 
 from .. import uapi
+from ..tomlout import toml_value
 from .trace import decode
-
-
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return hex(v) if v > 4096 else str(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(type(v))
 
 
 class Recorder:
@@ -138,7 +125,7 @@ class Recorder:
                 lines.append(f"# {item}")
                 continue
             lines.append("[[steps]]")
-            lines += [f"{k} = {_toml_value(v)}" for k, v in item.items()]
+            lines += [f"{k} = {toml_value(v)}" for k, v in item.items()]
         return "\n".join(lines) + "\n"
 
 

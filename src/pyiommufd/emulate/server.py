@@ -51,7 +51,7 @@ class Conn:
     """One connection: a call channel, or an emulated file (``host_fd`` set).  A channel's
     ``proved`` maps the fd numbers whose files it has passed (SCM_RIGHTS) to those files."""
 
-    __slots__ = ("sock", "pid", "host_fd", "path", "ino", "dead", "proved", "mm")
+    __slots__ = ("sock", "pid", "host_fd", "path", "ino", "dead", "proved", "mm", "fds")
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
@@ -63,6 +63,7 @@ class Conn:
         self.dead = False
         self.proved: dict[int, Conn] = {}
         self.mm = None
+        self.fds = None
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
                         struct.pack("ll", int(CALL_TIMEOUT), int(CALL_TIMEOUT % 1 * 1e6)))
 
@@ -571,17 +572,18 @@ class Server:
         if conn is None:
             self.host.mem, self.host.fds, self.host.task = _NO_MEM, _NO_FDS, 0
         else:
-            self.host.mem, self.host.fds, self.host.task = mem, ClientFds(self, conn), conn.pid
+            if conn.fds is None:
+                conn.fds = ClientFds(self, conn)
+            self.host.mem, self.host.fds, self.host.task = mem, conn.fds, conn.pid
 
     # -- calls ---------------------------------------------------------------------------------
     def _argument(self, entry: Conn, request: int, arg: int, mem: ClientMemory):
         """The bytes the kernel's ioctl entry point copies in, as a buffer for Host.ioctl,
         and the size-field patch to undo (see below)."""
         host_file = self.host.files.get(entry.host_fd)
-        nr = uapi.ioc_nr(request)
-        if request in getattr(khost, "ARG_IS_VALUE", ()):
+        if request in khost.ARG_IS_VALUE:       # the kernel uses arg itself as a number
             return bytearray(arg.to_bytes(8, "little", signed=False)), None
-        if isinstance(host_file, IommufdCtx) and nr >= uapi.IOMMUFD_CMD_BASE:
+        if host_file.__class__ is IommufdCtx and request & 0xFF >= uapi.IOMMUFD_CMD_BASE:
             # iommufd_fops_ioctl: the u32 size, then copy_struct_from_user(min(size, ksize))
             # and check_zeroed_user on the rest.  A size past CAP is zero-checked on the client
             # and the model sees CAP bytes (still past any struct, with a zero tail: the same
@@ -602,7 +604,11 @@ class Server:
             if b"\0" not in name:
                 raise KernelErr(errno.EFAULT if len(name) < 4096 else errno.EINVAL, "device name")
             return bytearray(name[:name.index(b"\0") + 1]), None
-        # VFIO: the struct head (argsz-led; the handler takes its minsz and checks argsz)
+        minsz = khost.ARGSZ_MINSZ.get(request)
+        if minsz is not None:   # VFIO type1 on an iommufd: max(argsz, minsz) bytes (host.py)
+            argsz = int.from_bytes(mem.read(arg, 4), "little")
+            return bytearray(mem.read(arg, min(max(argsz, minsz), CAP))), None
+        # other VFIO files: the struct head (argsz-led; the handler takes its minsz, checks argsz)
         return bytearray(mem.read_upto(arg, VFIO_HEAD)), None
 
     def _ioctl(self, conn: Conn, entry: Conn, request: int, arg: int, head: bytes) -> None:

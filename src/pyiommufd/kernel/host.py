@@ -16,7 +16,7 @@ from .. import uapi
 from ..errors import EmulationGap
 from ..profiles import release_tuple
 from . import device as idevice
-from . import fault, fault_inject, hw_pagetable, ioas, kvm as kvmmod, selftest, selftest_pages, vfio, vfio_compat
+from . import fault, fault_inject, hw_pagetable, ioas, kvm as kvmmod, selftest, selftest_pages, vfio, vfio_compat  # noqa: F401 (selftest_pages registers its ops)
 from .drivers import DRIVERS
 from .drivers.mock import MockDev, MockDriver
 from .drivers.base import Domain
@@ -80,6 +80,34 @@ def _get_hw_info(ctx, cmd) -> None:
 _OP_TABLES: dict[tuple, dict] = {}
 
 
+def _iommufd_handlers(profile) -> dict:
+    """iommufd command nr -> (handler, kernel struct) for every command the emulator models, with
+    the struct layouts of this profile's kernel (whether the kernel has the command is
+    _IOMMUFD_OPS's business)."""
+    handlers = {uapi.IOMMUFD_CMD_DESTROY: (_destroy, uapi.iommu_destroy),
+                uapi.IOMMUFD_CMD_IOAS_ALLOC: (ioas.ioas_alloc, uapi.iommu_ioas_alloc),
+                uapi.IOMMUFD_CMD_IOAS_MAP: (ioas.ioas_map, uapi.iommu_ioas_map),
+                uapi.IOMMUFD_CMD_IOAS_UNMAP: (ioas.ioas_unmap, uapi.iommu_ioas_unmap),
+                uapi.IOMMUFD_CMD_VFIO_IOAS: (ioas.vfio_ioas, uapi.iommu_vfio_ioas),
+                uapi.IOMMUFD_CMD_TEST: (selftest.iommufd_test, uapi.iommu_test_cmd),
+                uapi.IOMMUFD_CMD_HWPT_SET_DIRTY_TRACKING: (hw_pagetable.hwpt_set_dirty_tracking,
+                                                          uapi.iommu_hwpt_set_dirty_tracking),
+                uapi.IOMMUFD_CMD_HWPT_GET_DIRTY_BITMAP: (hw_pagetable.hwpt_get_dirty_bitmap,
+                                                        uapi.iommu_hwpt_get_dirty_bitmap),
+                uapi.IOMMUFD_CMD_HWPT_INVALIDATE: (hw_pagetable.hwpt_invalidate, uapi.iommu_hwpt_invalidate),
+                uapi.IOMMUFD_CMD_FAULT_QUEUE_ALLOC: (fault.fault_alloc, uapi.iommu_fault_alloc),
+                uapi.IOMMUFD_CMD_IOAS_IOVA_RANGES: (ioas.ioas_iova_ranges, uapi.iommu_ioas_iova_ranges),
+                uapi.IOMMUFD_CMD_IOAS_ALLOW_IOVAS: (ioas.ioas_allow_iovas, uapi.iommu_ioas_allow_iovas),
+                uapi.IOMMUFD_CMD_IOAS_COPY: (ioas.ioas_copy, uapi.iommu_ioas_copy),
+                uapi.IOMMUFD_CMD_OPTION: (iommufd_option, uapi.iommu_option)}
+    if profile.hwpt_alloc is not None:
+        handlers[uapi.IOMMUFD_CMD_HWPT_ALLOC] = (hw_pagetable.hwpt_alloc,
+                                                 uapi.HWPT_ALLOC_LAYOUTS[profile.hwpt_alloc])
+    if profile.hw_info is not None:
+        handlers[uapi.IOMMUFD_CMD_GET_HW_INFO] = (_get_hw_info, uapi.HW_INFO_LAYOUTS[profile.hw_info])
+    return handlers
+
+
 def _iommufd_op_table(profile) -> dict:
     """request -> (handler, kernel struct, min_size, struct size) for every iommufd command this
     profile's kernel knows and the emulator models (what ``_iommufd_ioctl_checked`` works out per
@@ -87,27 +115,7 @@ def _iommufd_op_table(profile) -> dict:
     key = (profile.kernel, profile.hwpt_alloc, profile.hw_info)
     table = _OP_TABLES.get(key)
     if table is None:
-        handlers = {uapi.IOMMUFD_CMD_DESTROY: (_destroy, uapi.iommu_destroy),
-                    uapi.IOMMUFD_CMD_IOAS_ALLOC: (ioas.ioas_alloc, uapi.iommu_ioas_alloc),
-                    uapi.IOMMUFD_CMD_IOAS_MAP: (ioas.ioas_map, uapi.iommu_ioas_map),
-                    uapi.IOMMUFD_CMD_IOAS_UNMAP: (ioas.ioas_unmap, uapi.iommu_ioas_unmap),
-                    uapi.IOMMUFD_CMD_VFIO_IOAS: (ioas.vfio_ioas, uapi.iommu_vfio_ioas),
-                    uapi.IOMMUFD_CMD_TEST: (selftest.iommufd_test, uapi.iommu_test_cmd),
-                    uapi.IOMMUFD_CMD_HWPT_SET_DIRTY_TRACKING: (hw_pagetable.hwpt_set_dirty_tracking,
-                                                              uapi.iommu_hwpt_set_dirty_tracking),
-                    uapi.IOMMUFD_CMD_HWPT_GET_DIRTY_BITMAP: (hw_pagetable.hwpt_get_dirty_bitmap,
-                                                            uapi.iommu_hwpt_get_dirty_bitmap),
-                    uapi.IOMMUFD_CMD_HWPT_INVALIDATE: (hw_pagetable.hwpt_invalidate, uapi.iommu_hwpt_invalidate),
-                    uapi.IOMMUFD_CMD_FAULT_QUEUE_ALLOC: (fault.fault_alloc, uapi.iommu_fault_alloc),
-                    uapi.IOMMUFD_CMD_IOAS_IOVA_RANGES: (ioas.ioas_iova_ranges, uapi.iommu_ioas_iova_ranges),
-                    uapi.IOMMUFD_CMD_IOAS_ALLOW_IOVAS: (ioas.ioas_allow_iovas, uapi.iommu_ioas_allow_iovas),
-                    uapi.IOMMUFD_CMD_IOAS_COPY: (ioas.ioas_copy, uapi.iommu_ioas_copy),
-                    uapi.IOMMUFD_CMD_OPTION: (iommufd_option, uapi.iommu_option)}
-        if profile.hwpt_alloc is not None:
-            handlers[uapi.IOMMUFD_CMD_HWPT_ALLOC] = (hw_pagetable.hwpt_alloc,
-                                                     uapi.HWPT_ALLOC_LAYOUTS[profile.hwpt_alloc])
-        if profile.hw_info is not None:
-            handlers[uapi.IOMMUFD_CMD_GET_HW_INFO] = (_get_hw_info, uapi.HW_INFO_LAYOUTS[profile.hw_info])
+        handlers = _iommufd_handlers(profile)
         kernel = _version(profile.kernel)
         table = {}
         for nr, (handler, kstruct) in handlers.items():
@@ -146,6 +154,11 @@ class UserMemory:
 
     __slots__ = ("maps", "pages", "next_addr")
     LIMIT = 1 << 47            # the x86-64 user address space
+    alive = True               # kernel/pages.py memory protocol: the one in-process address space
+
+    @property
+    def mm_key(self):
+        return self
 
     def __init__(self):
         self.maps: dict[int, int] = {}            # base -> length
@@ -299,9 +312,15 @@ class Host:
 
     # -- files -----------------------------------------------------------------------
     def open(self, path: str) -> int:
-        if path == "/dev/iommu":
+        if path in ("/dev/iommu", "/dev/vfio/vfio"):
+            # iommufd_fops_open (main.c, 6.2.1 and 6.12.117): with CONFIG_IOMMUFD_VFIO_CONTAINER (the
+            # conformance kernels) iommufd also provides /dev/vfio/vfio, a ctx that accounts pinned
+            # pages as VFIO does (IOPT_PAGES_ACCOUNT_MM) and takes the VFIO container ioctls
             fd = self._new_fd()
             ctx = IommufdCtx(self, fd)
+            if path == "/dev/vfio/vfio":
+                from .pages import ACCOUNT_MM
+                ctx.account_mode = ACCOUNT_MM
             ctx.refs = 1
             self.ctxs[fd] = ctx
             self.files[fd] = ctx
@@ -402,7 +421,11 @@ class Host:
 
     # -- ioctl -------------------------------------------------------------------------
     def ioctl(self, fd: int, request: int, buf) -> int:
-        """Decode ``buf`` (a writable buffer: ctypes struct or bytearray) as the kernel would."""
+        """Decode ``buf`` (a writable buffer: ctypes struct or bytearray) as the kernel would.
+        Returns the ioctl's value (VFIO_CHECK_EXTENSION answers through it).  For requests in
+        ARG_IS_VALUE the kernel uses the argument as a number: ``buf`` then holds it as 8
+        little-endian bytes; VFIO type1 requests (ARGSZ_MINSZ) pass max(argsz, minsz) bytes of
+        the caller's struct."""
         f = self.files.get(fd)
         if f is None:
             raise KernelErr(errno.EBADF, f"fd {fd} is not open")
@@ -479,40 +502,10 @@ class Host:
         return 0
 
     def _iommufd_handler(self, nr: int):
-        p = self.profile
-        if nr == uapi.IOMMUFD_CMD_DESTROY:
-            return (lambda ctx, cmd: ctx.remove(cmd.id)), uapi.iommu_destroy
-        if nr == uapi.IOMMUFD_CMD_IOAS_ALLOC:
-            return ioas.ioas_alloc, uapi.iommu_ioas_alloc
-        if nr == uapi.IOMMUFD_CMD_IOAS_MAP:
-            return ioas.ioas_map, uapi.iommu_ioas_map
-        if nr == uapi.IOMMUFD_CMD_IOAS_UNMAP:
-            return ioas.ioas_unmap, uapi.iommu_ioas_unmap
-        if nr == uapi.IOMMUFD_CMD_VFIO_IOAS:
-            return ioas.vfio_ioas, uapi.iommu_vfio_ioas
-        if nr == uapi.IOMMUFD_CMD_HWPT_ALLOC:
-            return hw_pagetable.hwpt_alloc, uapi.HWPT_ALLOC_LAYOUTS[p.hwpt_alloc]
-        if nr == uapi.IOMMUFD_CMD_GET_HW_INFO:
-            return (lambda ctx, cmd: idevice.get_hw_info(ctx, cmd, self.mem)), uapi.HW_INFO_LAYOUTS[p.hw_info]
-        if nr == uapi.IOMMUFD_CMD_TEST:
-            return selftest.iommufd_test, uapi.iommu_test_cmd
-        if nr == uapi.IOMMUFD_CMD_HWPT_SET_DIRTY_TRACKING:
-            return hw_pagetable.hwpt_set_dirty_tracking, uapi.iommu_hwpt_set_dirty_tracking
-        if nr == uapi.IOMMUFD_CMD_HWPT_GET_DIRTY_BITMAP:
-            return hw_pagetable.hwpt_get_dirty_bitmap, uapi.iommu_hwpt_get_dirty_bitmap
-        if nr == uapi.IOMMUFD_CMD_HWPT_INVALIDATE:
-            return hw_pagetable.hwpt_invalidate, uapi.iommu_hwpt_invalidate
-        if nr == uapi.IOMMUFD_CMD_FAULT_QUEUE_ALLOC:
-            return fault.fault_alloc, uapi.iommu_fault_alloc
-        if nr == uapi.IOMMUFD_CMD_IOAS_IOVA_RANGES:
-            return ioas.ioas_iova_ranges, uapi.iommu_ioas_iova_ranges
-        if nr == uapi.IOMMUFD_CMD_IOAS_ALLOW_IOVAS:
-            return ioas.ioas_allow_iovas, uapi.iommu_ioas_allow_iovas
-        if nr == uapi.IOMMUFD_CMD_IOAS_COPY:
-            return ioas.ioas_copy, uapi.iommu_ioas_copy
-        if nr == uapi.IOMMUFD_CMD_OPTION:
-            return iommufd_option, uapi.iommu_option
-        raise EmulationGap(f"{uapi.request_name(uapi._IO(uapi.IOMMUFD_TYPE, nr))} is not modelled by the emulator")
+        handler = _iommufd_handlers(self.profile).get(nr)
+        if handler is None:
+            raise EmulationGap(f"{uapi.request_name(uapi._IO(uapi.IOMMUFD_TYPE, nr))} is not modelled by the emulator")
+        return handler
 
     def _cdev_ioctl(self, f, request: int, buf) -> int:
         """vfio_device_fops_unl_ioctl: BIND first; anything else needs access_granted (EINVAL)."""

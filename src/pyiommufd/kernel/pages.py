@@ -42,8 +42,10 @@ def mm_key(mem):
 
 
 def mm_alive(mem) -> bool:
-    """mmget_not_zero: False once the process that owns ``mem`` has exited."""
-    return getattr(mem, "alive", True)
+    """mmget_not_zero: False once the process that owns ``mem`` has exited (``alive`` may be
+    an attribute or a method)."""
+    alive = getattr(mem, "alive", True)
+    return bool(alive() if callable(alive) else alive)
 
 
 def probe_user(mem, addr: int, length: int) -> None:
@@ -209,7 +211,7 @@ def alloc_pages(host, uptr: int, length: int, writable: bool, ctx_account_mode: 
     base = uptr & ~(PAGE_SIZE - 1)
     npages = -(-(length + uptr - base) // PAGE_SIZE)
     host.fallible("iopt_pages alloc")
-    mode = ACCOUNT_NONE if getattr(host, "cap_ipc_lock", True) else ACCOUNT_USER
+    mode = ACCOUNT_NONE if host.cap_ipc_lock else ACCOUNT_USER
     if ctx_account_mode == ACCOUNT_MM and mode == ACCOUNT_USER:
         mode = ACCOUNT_MM
     return IopPages(base, npages, writable, host.mem, mode), uptr - base
