@@ -21,7 +21,6 @@ import ctypes
 import errno
 import os
 import select
-import selectors
 import socket
 import struct
 import sys
@@ -45,6 +44,11 @@ class ClientGone(KernelErr):
 
     def __init__(self, detail: str = "client gone"):
         super().__init__(errno.EFAULT, detail)
+
+
+_RBUF = bytearray(P.HDR.size + P.MAXMSG)   # the server is single-threaded: one receive buffer
+_RVIEW = memoryview(_RBUF)
+_CMSG_SPACE = socket.CMSG_SPACE(4 * 4)
 
 
 class Conn:
@@ -79,12 +83,12 @@ class Conn:
     def recv(self):
         """One message: (type, a, b, c, payload, fds).  ClientGone on EOF, error or timeout
         (SO_RCVTIMEO, set once per connection: no extra system call per message)."""
-        try:
-            data, anc, _flags, _ = self.sock.recvmsg(P.HDR.size + P.MAXMSG,
-                                                     socket.CMSG_SPACE(4 * 4))
+        try:   # into one preallocated buffer: no 64 KiB allocation per message
+            n, anc, _flags, _ = self.sock.recvmsg_into([_RBUF], _CMSG_SPACE)
         except (OSError, socket.timeout) as e:
             self.dead = True
             raise ClientGone(f"recv: {e}") from None
+        data = _RVIEW[:n]
         fds = []
         for level, kind, cdata in anc:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -97,7 +101,7 @@ class Conn:
             self.dead = True
             raise ClientGone("connection closed")
         type_, length, a, b, c = P.HDR.unpack_from(data)
-        return type_, a, b, c, data[P.HDR.size:P.HDR.size + length], fds
+        return type_, a, b, c, bytes(data[P.HDR.size:P.HDR.size + length]), fds
 
 
 def _mapped(pid: int, addr: int, length: int) -> bool:
@@ -348,10 +352,11 @@ class Server:
         self.listener.bind(self.path)
         self.listener.listen(128)
         self.listener.setblocking(False)
-        self.sel = selectors.DefaultSelector()
-        self.sel.register(self.listener, selectors.EVENT_READ, "listen")
+        self.ep = select.epoll()
+        self.watched: dict[int, object] = {}        # fileno -> "listen" | "files" | "exit" | a channel
+        self._watch(self.listener.fileno(), "listen")
         self.fpoll = select.epoll()                 # file connections: readable means released
-        self.sel.register(self.fpoll.fileno(), selectors.EVENT_READ, "files")
+        self._watch(self.fpoll.fileno(), "files")
         self.by_fileno: dict[int, Conn] = {}
         self.by_ino: dict[int, Conn] = {}
         self.gaps: set[str] = set()
@@ -426,34 +431,51 @@ class Server:
                 self.recorder.closed(conn.host_fd)
 
     # -- the loop ------------------------------------------------------------------------------
+    def _watch(self, fileno: int, what) -> None:
+        self.ep.register(fileno, select.EPOLLIN)
+        self.watched[fileno] = what
+
+    def _unwatch(self, fileno: int) -> None:
+        self.ep.unregister(fileno)
+        del self.watched[fileno]
+
+    @property
+    def channels(self) -> list:
+        return [c for c in self.watched.values() if c.__class__ is Conn]
+
+    def poll_once(self, timeout: float = -1) -> bool:
+        """Handle one batch of events; False once the command has exited."""
+        for fileno, _ in self.ep.poll(timeout):
+            what = self.watched.get(fileno)
+            if what.__class__ is Conn:
+                self._channel(what)
+            elif what == "listen":
+                self._accept()
+            elif what == "files":
+                self.drain_releases()
+            elif what == "exit":
+                self.drain_releases()
+                return False
+        return True
+
     def serve(self, pid: int) -> None:
         """Serve until process ``pid`` (the command) exits: its pidfd is one of the events."""
         pidfd = os.pidfd_open(pid)
-        self.sel.register(pidfd, selectors.EVENT_READ, "exit")
+        self._watch(pidfd, "exit")
         try:
-            while True:
-                for key, _ in self.sel.select():
-                    data = key.data
-                    if data.__class__ is Conn:
-                        self._channel(data)
-                    elif data == "listen":
-                        self._accept()
-                    elif data == "files":
-                        self.drain_releases()
-                    else:
-                        self.drain_releases()
-                        return
+            while self.poll_once():
+                pass
         finally:
-            self.sel.unregister(pidfd)
+            self._unwatch(pidfd)
             os.close(pidfd)
 
     def close(self) -> None:
         for conn in self.by_fileno.values():
             conn.sock.close()
         self.fpoll.close()
-        for key in list(self.sel.get_map().values()):
-            if isinstance(key.data, Conn):
-                key.fileobj.close()
+        for conn in self.channels:
+            conn.sock.close()
+        self.ep.close()
         self.listener.close()
         try:
             os.unlink(self.path)
@@ -478,7 +500,7 @@ class Server:
                     mm = self.mms[conn.pid] = ProcessMm(conn.pid)   # it waits for our answer: alive
                 conn.mm = mm
                 conn.send(P.C_RET)
-                self.sel.register(sock, selectors.EVENT_READ, conn)
+                self._watch(sock.fileno(), conn)
             elif type_ == P.T_OPEN and len(fds) == 1:
                 self._open(conn, payload.decode(errors="replace"), a, fds[0])
             else:
@@ -520,7 +542,7 @@ class Server:
         try:
             type_, a, b, number, payload, fds = conn.recv()
         except ClientGone:
-            self.sel.unregister(conn.sock)
+            self._unwatch(conn.sock.fileno())
             conn.sock.close()
             return
         try:
@@ -553,7 +575,7 @@ class Server:
             else:
                 conn.send(P.S_DONE, -1, errno.EINVAL)
         except ClientGone:
-            self.sel.unregister(conn.sock)
+            self._unwatch(conn.sock.fileno())
             conn.sock.close()
         finally:
             self._set_caller(None)
