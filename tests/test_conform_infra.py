@@ -359,6 +359,7 @@ def test_group_path_names_devices_by_pci_address(monkeypatch):
     assert t.ioctl(3, uapi.VFIO_GROUP_GET_DEVICE_FD, ctypes.create_string_buffer(b"gpu")) == 7
     t.ioctl(3, uapi.VFIO_GROUP_GET_DEVICE_FD, ctypes.create_string_buffer(b"other"))
     assert seen == [b"0000:00:02.0", b"other"]
+    assert 7 in t.fds          # the device fd is closed with the scenario's other files
 
 
 @pytest.mark.parametrize("release, profile", [("6.2.1", "linux-6.2"), ("6.5.13", "linux-6.2"), ("6.6.9", "linux-6.6"),
