@@ -379,3 +379,19 @@ def test_report_names_the_release():
     text = harness.text_report(res)
     assert text.startswith("Linux 6.6.9 (/t) against the emulator under linux-6.6")
     assert "CONFIG_IOMMU_IOPF" in text
+
+
+def test_group_path_closes_device_fds_before_groups(monkeypatch):
+    import ctypes
+
+    from pyiommufd import uapi
+    from pyiommufd.conform import agent
+    from pyiommufd.transport import RealTransport
+    closed = []
+    monkeypatch.setattr(RealTransport, "ioctl", lambda self, fd, req, buf: 5)
+    monkeypatch.setattr(agent.os, "close", closed.append)
+    t = agent.GroupNamesTransport({})
+    t.fds.update({3, 6})                                  # /dev/iommu, a group opened after ...
+    t.ioctl(6, uapi.VFIO_GROUP_GET_DEVICE_FD, ctypes.create_string_buffer(b"x"))   # ... a reused, lower fd
+    t.close_all()
+    assert closed == [5, 6, 3]

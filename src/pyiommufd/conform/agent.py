@@ -70,6 +70,7 @@ class GroupNamesTransport(RealTransport):
     def __init__(self, bdfs: dict[str, str]):
         super().__init__()
         self.bdfs = bdfs
+        self.devfds: set[int] = set()
 
     def ioctl(self, fd: int, request: int, buf) -> int:
         if request != uapi.VFIO_GROUP_GET_DEVICE_FD:
@@ -78,7 +79,20 @@ class GroupNamesTransport(RealTransport):
             buf = ctypes.create_string_buffer(self.bdfs[buf.value.decode()].encode())
         devfd = super().ioctl(fd, request, buf)
         self.fds.add(devfd)
+        self.devfds.add(devfd)
         return devfd
+
+    def close(self, fd: int) -> None:
+        self.devfds.discard(fd)
+        super().close(fd)
+
+    def close_all(self) -> None:
+        # Device fds before their group's: fd numbers are reused, so "newest first" can close a
+        # group while its device is open -- on 6.2.1 that left the group's DMA ownership claimed
+        # and the next scenario's VFIO_GROUP_GET_DEVICE_FD failed with EPERM.
+        for fd in sorted(self.devfds, reverse=True):
+            self.close(fd)
+        super().close_all()
 
 
 class RealMachine:
