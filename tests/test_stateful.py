@@ -71,8 +71,10 @@ def _ioas_areas(snap):
 
 
 def mask_unmapped(snap, ioas_id):
-    """Blank the areas of ``ioas_id`` and every domain's IOPTEs (what a failed UNMAP may change)."""
-    ctxs = tuple((fd, (c[0], tuple((i, t, u, ((None, *o[0][1:]), o[1]) if t == "ioas" and i == ioas_id else o)
+    """Blank the areas of ``ioas_id`` (and what each maps: the iopt snapshot's element 5) and every
+    domain's IOPTEs (what a failed UNMAP may change)."""
+    ctxs = tuple((fd, (c[0], tuple((i, t, u, ((None, *o[0][1:5], None, *o[0][6:]), o[1])
+                                              if t == "ioas" and i == ioas_id else o)
                                    for i, t, u, o in c[1]), *c[2:])) for fd, c in snap[0])
     return _map_domains((ctxs, *snap[1:]), lambda d: (*d[:11], None, *d[12:]))
 
@@ -183,8 +185,9 @@ def check_kernel_invariants(host) -> None:
                 assert owners == want_owners, f"IOAS {o.id} reserved owners {owners}, want {want_owners}"
                 # aperture reservations: one per filled domain with a limited aperture
                 if hasattr(o.iopt, "outside"):
-                    want_outside = sorted((d.aperture_end + 1, d.serial) for d in o.iopt.domains
-                                          if d.aperture_end != U64_MAX)
+                    want_outside = sorted([(d.aperture_end + 1, d.serial) for d in o.iopt.domains
+                                           if d.aperture_end != U64_MAX]
+                                          + [(0, d.serial) for d in o.iopt.domains if d.aperture_start])
                     assert sorted((r[0], r[2]) for r in o.iopt.outside) == want_outside, \
                         f"IOAS {o.id} aperture reservations {o.iopt.outside}, want {want_outside}"
                 # areas never overlap, never touch a reserved range

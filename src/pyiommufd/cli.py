@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import time
 
 from rich.console import Console
 
@@ -160,9 +162,15 @@ def _engine_explore(sc, profile: str, args, err: Console) -> dict:
     return sharded_explore(sc, profile, args.strategy, shards=1, **kw)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def cmd_sweep(args, out: Console, err: Console) -> int:
+    from .report.progress import SweepProgress
     from .report.text import sweep_report
-    from .sweep import SystemShape, enumerate_systems, parse_policies, run_sweep
+    from .sweep import SweepInterrupted, SystemShape, _check_bounds, parse_policies, run_sweep, systems_of_size
+    from .sweep_size import done_sets, duration, size_sweep
     if args.workers is not None and args.workers < 1:
         raise UsageError("--workers must be at least 1")
     if args.max_states is not None and args.max_states < 1:
@@ -178,23 +186,51 @@ def cmd_sweep(args, out: Console, err: Console) -> int:
                 args.policies = ",".join(list(DEFAULT_POLICIES) + args.profile_file_names)
         policies = parse_policies(args.policies, args.profiles, args.strategies)
         if args.system:
-            shapes = sorted({SystemShape.from_label(s) for s in args.system}, key=SystemShape.size_key)
+            sizes = [sorted({SystemShape.from_label(s) for s in args.system}, key=SystemShape.size_key)]
         else:
-            shapes = enumerate_systems(args.max_devices, args.max_units, min_devices=args.min_devices, sc=args.sc,
-                                       groups=args.groups, unplug=args.unplug)
+            _check_bounds(args.max_devices, args.max_units, args.min_devices)
+            sizes = (systems_of_size(n, args.max_units, sc=args.sc, groups=args.groups, unplug=args.unplug)
+                     for n in range(args.min_devices, args.max_devices + 1))
     except ValueError as e:
         raise UsageError(str(e)) from None
-    if not shapes:
+    if args.engine == "ray":
+        from .distributed import RayEngine, require_ray
+        require_ray(local=not args.address)    # before counting: say at once what is missing (exit 3)
+        engine = RayEngine(args.workers, args.address)
+    else:
+        from .sweep import ProcessEngine
+        engine = ProcessEngine(args.workers)
+    symmetry = not args.no_symmetry
+    started = time.perf_counter()
+    try:
+        size = size_sweep(sizes, policies, workers=engine.workers, symmetry=symmetry, max_states=args.max_states,
+                          force=args.force, max_devices=None if args.system else args.max_devices)
+    except KeyboardInterrupt:
+        err.print("sweep: interrupted while counting the systems; nothing was explored", markup=False, soft_wrap=True)
+        return 130
+    if not size.shapes:
         raise UsageError("no system matches these bounds")
+    if size.beyond_bound and not args.force:
+        raise UsageError(f"{size.sentence()}.  That is beyond the bound of {duration(size.bound_seconds)}: narrow "
+                         "the sweep (--max-devices, --max-units, --groups own, --unplug none, --policies) or give "
+                         "--force to run it anyway")
     if not args.quiet:
-        err.print(f"[dim]sweep: {len(shapes)} systems x {len(policies)} policies on engine {args.engine}[/]")
-    step = max(1, len(shapes) // 20)
-
-    def progress(done, total, label):
-        if not args.quiet and (done % step == 0 or done == total):
-            err.print(f"[dim]sweep: {done}/{total} systems explored (last: {label})[/]", markup=True)
-    res = run_sweep(shapes, policies, engine=args.engine, jobs=args.workers, address=args.address,
-                    max_states=args.max_states, symmetry=not args.no_symmetry, progress=progress)
+        err.print(size.sentence() + f"; engine {args.engine}", markup=False, soft_wrap=True)
+    weights = {s.label(): float(done_sets(s, symmetry)) for s in size.shapes}
+    previous = signal.signal(signal.SIGTERM, _interrupt)   # SIGTERM ends a sweep as Ctrl-C does
+    try:
+        with SweepProgress(err, weights, quiet=args.quiet) as progress:
+            progress.skip(size.calibration.results)
+            res = run_sweep(size.shapes, policies, engine=engine, max_states=args.max_states, symmetry=symmetry,
+                            progress=progress, precomputed=size.calibration.results, started=started)
+    except SweepInterrupted as e:
+        err.print(f"sweep: interrupted after {e.done} of {e.total} systems ({e.states:,} states, "
+                  f"{duration(e.seconds)}); nothing reported: a part of a sweep gives no verdict", markup=False,
+                  soft_wrap=True)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    res["estimate"] = size.to_json()
     if args.html:
         from .report.html import sweep_html
         try:
@@ -363,6 +399,31 @@ def cmd_bench(args, out: Console, err: Console) -> int:
     return 0
 
 
+def cmd_emulate(args, out: Console, err: Console) -> int:
+    from . import emulate
+    from .profiles import get_profile
+    from .system import System, Unit
+    if args.cflags:
+        from pathlib import Path
+        print(f"-I{Path(emulate.__file__).with_name('include')}")
+        return 0
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise UsageError("emulate needs a command after '--' (e.g. pyiommufd emulate -- ./my-vmm)")
+    scenario_profile = None
+    if args.system:
+        from .scenario import load
+        sc = load(args.system)
+        system, scenario_profile = sc.system, sc.profile
+    else:   # only what the program makes itself (IOMMU_TEST_CMD mock devices)
+        system = System(iommu="mock", units=(Unit("mock0"),))
+    profile = get_profile(_profile_arg(args, scenario_profile))
+    return emulate.run(cmd, system, profile, trace=args.trace, record=args.record, system_path=args.system,
+                       quiet=args.quiet)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pyiommufd", description="Drive Linux iommufd, real or emulated, and answer cache-coherency "
                 "questions by running them.  Start with: pyiommufd demo",
@@ -462,7 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--json", action="store_true", help="machine output on stdout (only JSON; progress on stderr)")
     sw.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML report")
     sw.add_argument("--brief", action="store_true", help="table and verdicts only, no counterexample traces")
-    sw.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    sw.add_argument("--force", action="store_true", help="run a sweep whose estimated time is beyond the bound "
+                    "(1 h); the size and estimate are printed first either way")
+    sw.add_argument("-q", "--quiet", action="store_true", help="no size line or progress on stderr")
     sw.set_defaults(fn=cmd_sweep)
 
     pr = sub.add_parser("profiles", help="list the kernel eras and proposals that can be emulated",
@@ -547,6 +610,34 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="machine output on stdout (progress stays on stderr)")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     b.set_defaults(fn=cmd_bench)
+
+    m = sub.add_parser("emulate", help="run a real program (C, Rust, Python...) on the emulated kernel",
+                       description="Run CMD and its children with /dev/iommu and /dev/vfio/... served by the "
+                       "emulated kernel of a profile, through an LD_PRELOAD interposer built with the system C "
+                       "compiler on first use (cached in ~/.cache/pyiommufd/emulate).  Everything else the "
+                       "program does is real.  Exit status: CMD's own (128+N if it died of signal N); 2 usage or "
+                       "a bad --system file; 3 the interposer cannot be built or loaded.",
+                       epilog="examples:\n"
+                       "  cc $(pyiommufd emulate --cflags) -o two_devices examples/two_devices.c\n"
+                       "  pyiommufd emulate -- ./iommufd                      # the kernel's selftest, mock devices\n"
+                       "  pyiommufd emulate --system scenarios/thread/noncc-first.toml -- ./my-vmm\n"
+                       "  pyiommufd emulate --kernel 6.2 --system sys.toml --trace calls.jsonl -- ./my-vmm\n"
+                       "  pyiommufd emulate --system sys.toml --record replay.toml -- ./my-vmm && "
+                       "pyiommufd explore replay.toml\n\n"
+                       "--system FILE: a scenario file (its [system] and [[devices]] are used) or a file with only "
+                       "those tables; device N of [[devices]] is /dev/vfio/devices/vfioN (6.6+) or its group is "
+                       "/dev/vfio/N (6.2-6.5).  The mapping is printed on stderr.  See docs/emulate.md.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _profile_opts(m)
+    m.add_argument("--system", metavar="FILE", help="the machine: devices, units, groups (default: none; "
+                   "programs make IOMMU_TEST_CMD mock devices themselves)")
+    m.add_argument("--trace", metavar="OUT.jsonl", help="one JSON object per emulated call")
+    m.add_argument("--record", metavar="OUT.toml", help="write a scenario file replaying the program's calls")
+    m.add_argument("-q", "--quiet", action="store_true", help="do not print the device mapping on stderr")
+    m.add_argument("--cflags", action="store_true", help="print the compiler flag for the shipped Linux 6.12 "
+                   "iommufd.h / vfio.h (cc $(pyiommufd emulate --cflags) ...) and exit")
+    m.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]", help="the program to run")
+    m.set_defaults(fn=cmd_emulate)
     return p
 
 

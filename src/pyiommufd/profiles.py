@@ -45,6 +45,16 @@ class Profile:
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
+    def has(self, release: str) -> bool:
+        """Does this profile's kernel include what entered in ``release`` ("6.11")?  Proposals
+        (kernel None) are modelled on the newest kernel: yes."""
+        return release_tuple(self.kernel) >= release_tuple(release)
+
+
+def release_tuple(v: str | None) -> tuple[int, int]:
+    """"6.6.11" -> (6, 6); None (a proposal) sorts after every release."""
+    return tuple(int(x) for x in (v or "99.99").split(".")[:2])
+
 
 _E1 = dict(
     era="E1", cc_at_alloc=False, upgrade_on_attach=True, upgrade_on_replace=False, vfio_cdev=False,

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..explore import explore
 from ..scenario import load
-from . import emulator, naive, spin
+from . import emulator, interposer, naive, spin
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 BENCH_8 = SCENARIOS / "bench" / "intel-8dev-3units.toml"
@@ -41,13 +41,15 @@ HEADLINE = ("emulator_ioctls_per_s", "map_cost_ratio_1e6_vs_1e3", "explorer_stat
 # size of each part: full run, --quick
 SIZES = {
     False: {"cycles": 2000, "ioctl_repeats": 15, "map_small": 1000, "map_large": 1_000_000, "map_ops": 5000,
-            "map_rounds": 5, "repeats": 3, "scenarios": (BENCH_8, BENCH_10), "naive_on": (BENCH_8, BENCH_10)},
+            "map_rounds": 5, "repeats": 3, "scenarios": (BENCH_8, BENCH_10), "naive_on": (BENCH_8, BENCH_10), "emulate_ioctls": 40000},
     True: {"cycles": 1000, "ioctl_repeats": 5, "map_small": 1000, "map_large": 10_000, "map_ops": 1000,
-           "map_rounds": 3, "repeats": 1, "scenarios": (QUICK,), "naive_on": (QUICK,)},
+           "map_rounds": 3, "repeats": 1, "scenarios": (QUICK,), "naive_on": (QUICK,), "emulate_ioctls": 4000},
 }
 GOAL_IOCTLS = 200_000
 GOAL_MAP_RATIO = 2.0
 GOAL_SPIN_RATIO = 0.5
+GOAL_EMULATE_IOCTLS = 20_000     # from C through the interposer (issue 12)
+GOAL_EMULATE_RATIO = 3.0         # its cost per call / the in-process client's
 
 
 def _best(fn, repeats: int):
@@ -199,6 +201,8 @@ def run(quick: bool = False, with_spin: bool = True, progress=None, sizes: dict 
     ms = emulator.map_scaling(z["map_small"], z["map_large"], ops=z["map_ops"], rounds=z["map_rounds"],
                               profile=PROFILE, progress=say)
     res["map_scaling"] = ms
+    say("emulate: ioctls from C through the interposer, beside the in-process client path")
+    res["emulate"] = interposer.compare(z["emulate_ioctls"], PROFILE, z["repeats"])
 
     engines = {}
     for path in z["scenarios"]:
@@ -272,6 +276,14 @@ def goals(res: dict) -> list[dict]:
          "value": r["explorer_no_symmetry_vs_spin"], "met": None if r["explorer_no_symmetry_vs_spin"] is None
          else r["explorer_no_symmetry_vs_spin"] <= GOAL_SPIN_RATIO},
     ]
+    em = res.get("emulate")
+    if em:
+        out.append({"id": "emulate_c_ioctls", "goal": f"emulated ioctls from C through the interposer >= "
+                                                      f"{GOAL_EMULATE_IOCTLS:,}/s (wall)",
+                    "value": em["c_ioctls_per_s"], "met": em["c_ioctls_per_s"] >= GOAL_EMULATE_IOCTLS})
+        out.append({"id": "emulate_vs_in_process", "goal": f"cost per call from C <= {GOAL_EMULATE_RATIO} x the "
+                                                           "in-process client path's (same run, wall)",
+                    "value": em["ratio_c_vs_in_process"], "met": em["ratio_c_vs_in_process"] <= GOAL_EMULATE_RATIO})
     for name, e in res["explorer"].items():
         out.append({"id": f"counts_{name}", "goal": f"{name}: explorer, naive BFS and SPIN count the same states "
                                                    "and reach the same verdict",

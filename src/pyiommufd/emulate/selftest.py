@@ -138,3 +138,13 @@ def build(tarball: Path = DEBIAN_TARBALL, cc: str = "gcc") -> dict[str, Path]:
     else:
         tmp.rename(out)
     return bins
+
+
+def run_on_emulator(binary: Path, profile: str = "linux-6.12", args: tuple[str, ...] = (),
+                    timeout: float = 900) -> tuple[dict[str, str], str]:
+    """Run a selftest binary under ``pyiommufd emulate``; ({case: result}, full output)."""
+    import sys
+    cmd = [sys.executable, "-m", "pyiommufd", "emulate", "--profile", profile, "--", str(binary), *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    from ..conform.selftest import parse_tap    # the one kselftest TAP parser, shared with the real run
+    return parse_tap(r.stdout), r.stdout + r.stderr

@@ -42,13 +42,16 @@ class IntelDriver(Driver):
     def has_domain_alloc_user(self) -> bool:
         return self.profile.hwpt_alloc is not None
 
-    def domain_alloc(self, dev, flags: int = 0, parent: Domain | None = None, nested_data: bool = False) -> Domain:
+    def domain_alloc(self, dev, flags: int = 0, parent: Domain | None = None, nested_data: bool = False,
+                     user_data=None) -> Domain:
         """intel_iommu_domain_alloc_user (6.12.117): NEST_PARENT needs nested translation and
         DIRTY_TRACKING needs SSADS on the unit; QEMU's legacy-mode VT-d has neither (EOPNOTSUPP,
         observed).  A nested domain (intel_nested_domain_alloc) takes a stage-1 table on a
         NEST_PARENT stage-2 domain."""
         unit = self._unit(dev)
         if parent is not None:
+            if user_data is not None and user_data.type != uapi.IOMMU_HWPT_DATA_VTD_S1:
+                raise KernelErr(errno.EOPNOTSUPP, "intel: nested data must be IOMMU_HWPT_DATA_VTD_S1")
             if not nested_data:
                 raise KernelErr(errno.EOPNOTSUPP, "nested domain needs VTD_S1 data")
             dom = self.host.new_domain(self.name, kind="nested", parent=parent, first_level=True)
