@@ -87,9 +87,9 @@ class GroupNamesTransport(RealTransport):
         super().close(fd)
 
     def close_all(self) -> None:
-        # Device fds before their group's: fd numbers are reused, so "newest first" can close a
-        # group while its device is open -- on 6.2.1 that left the group's DMA ownership claimed
-        # and the next scenario's VFIO_GROUP_GET_DEVICE_FD failed with EPERM.
+        # Device fds before their group's, as a VMM does: fd numbers are reused, so "newest
+        # first" can close a group while its device is open -- on 6.2.1 the next scenario's
+        # VFIO_GROUP_GET_DEVICE_FD on that group then failed with EPERM (docs/conformance.md).
         for fd in sorted(self.devfds, reverse=True):
             self.close(fd)
         super().close_all()
