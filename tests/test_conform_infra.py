@@ -359,3 +359,39 @@ def test_group_path_names_devices_by_pci_address(monkeypatch):
     assert t.ioctl(3, uapi.VFIO_GROUP_GET_DEVICE_FD, ctypes.create_string_buffer(b"gpu")) == 7
     t.ioctl(3, uapi.VFIO_GROUP_GET_DEVICE_FD, ctypes.create_string_buffer(b"other"))
     assert seen == [b"0000:00:02.0", b"other"]
+    assert 7 in t.fds          # the device fd is closed with the scenario's other files
+
+
+@pytest.mark.parametrize("release, profile", [("6.2.1", "linux-6.2"), ("6.5.13", "linux-6.2"), ("6.6.9", "linux-6.6"),
+                                              ("6.6.87", "linux-6.6.y"), ("6.8.0-rc3", "linux-6.7"),
+                                              ("6.12.117", "linux-6.12")])
+def test_profile_for_release(release, profile):
+    from pyiommufd.conform.harness import profile_for_release
+    assert profile_for_release(release) == profile
+
+
+def test_report_names_the_release():
+    from pyiommufd.conform import harness
+    res = {"configs": {"mock": ""}, "outcomes": [], "summary": {"mock": {"scenarios": 0, "agree": 0, "differ": 0,
+           "artifact": 0, "error": 0, "not-run": 0}}, "boots": {}, "scenarios": 0, "runs": 0, "unexplained": 0,
+           "dma": {}, "profile": "linux-6.6", "kernel": {"release": "6.6.9", "source": "/t",
+                                                        "missing_options": ["CONFIG_IOMMU_IOPF"]}}
+    text = harness.text_report(res)
+    assert text.startswith("Linux 6.6.9 (/t) against the emulator under linux-6.6")
+    assert "CONFIG_IOMMU_IOPF" in text
+
+
+def test_group_path_closes_device_fds_before_groups(monkeypatch):
+    import ctypes
+
+    from pyiommufd import uapi
+    from pyiommufd.conform import agent
+    from pyiommufd.transport import RealTransport
+    closed = []
+    monkeypatch.setattr(RealTransport, "ioctl", lambda self, fd, req, buf: 5)
+    monkeypatch.setattr(agent.os, "close", closed.append)
+    t = agent.GroupNamesTransport({})
+    t.fds.update({3, 6})                                  # /dev/iommu, a group opened after ...
+    t.ioctl(6, uapi.VFIO_GROUP_GET_DEVICE_FD, ctypes.create_string_buffer(b"x"))   # ... a reused, lower fd
+    t.close_all()
+    assert closed == [5, 6, 3]

@@ -110,3 +110,16 @@ def test_initramfs_extra_files_bring_their_libraries(tmp_path):
         build.build_initramfs(tmp_path / "c", payload, job, extra_files={"rel/prog": exe})
     with pytest.raises(build.BuildError, match="does not exist"):
         build.build_initramfs(tmp_path / "c", payload, job, extra_files={"/p": tmp_path / "nope"})
+
+
+def test_cli_selftest_and_kernel_source_usage_errors(tmp_path):
+    from test_cli import cli
+    if not build.GUEST_PYTHON.is_file() or not build.shutil.which("busybox") or \
+            not build.shutil.which("qemu-system-x86_64") or not build.DEFAULT_TARBALL.is_file():
+        pytest.skip("needs the conformance packages (install-deps.sh)")
+    r = cli("conform", "--selftest", "scenarios/thread/noncc-first.toml")
+    assert r.returncode == 2 and "runs the kernel's selftest programs, not scenarios" in r.stderr
+    r = cli("conform", "--kernel-source", str(tmp_path / "nope"))
+    assert r.returncode == 2 and "no such file or directory" in r.stderr
+    r = cli("conform", "--kernel-source", str(tmp_path))
+    assert r.returncode == 2 and "not a kernel source tree" in r.stderr

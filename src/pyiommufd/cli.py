@@ -329,6 +329,9 @@ def cmd_conform(args, out: Console, err: Console) -> int:
          Path(os.environ.get("PYIOMMUFD_LINUX_TARBALL") or DEFAULT_TARBALL).is_file())) if not ok]
     if args.kernel_source and not Path(args.kernel_source).exists():
         raise UsageError(f"--kernel-source {args.kernel_source}: no such file or directory")
+    if args.kernel_source and Path(args.kernel_source).is_dir() and not all(
+            (Path(args.kernel_source) / f).is_file() for f in ("Makefile", "Kconfig")):
+        raise UsageError(f"--kernel-source {args.kernel_source}: not a kernel source tree (no Makefile and Kconfig)")
     if missing:
         raise EnvironmentMissing("conformance needs " + "; ".join(missing)
                                  + ".  Run: sh src/pyiommufd/conform/install-deps.sh")

@@ -61,18 +61,38 @@ EDU_DMA_LEN = 2048         # edu_check_range rejects a transfer ending at the bu
 
 
 class GroupNamesTransport(RealTransport):
-    """The real transport, except that VFIO_GROUP_GET_DEVICE_FD (the group path of kernels
-    without cdevs) names the device by its PCI address, as the kernel's dev_name() is, where the
-    runner names it by its scenario name (the emulator's device name)."""
+    """The real transport, except for VFIO_GROUP_GET_DEVICE_FD (the group path of kernels
+    without cdevs): the device is named by its PCI address, as the kernel's dev_name() is, where
+    the runner names it by its scenario name (the emulator's device name); and the device fd it
+    returns is this transport's to close, so a scenario ending with a device open does not leave
+    it bound (and attached) into the next scenario."""
 
     def __init__(self, bdfs: dict[str, str]):
         super().__init__()
         self.bdfs = bdfs
+        self.devfds: set[int] = set()
 
     def ioctl(self, fd: int, request: int, buf) -> int:
-        if request == uapi.VFIO_GROUP_GET_DEVICE_FD and buf.value.decode() in self.bdfs:
+        if request != uapi.VFIO_GROUP_GET_DEVICE_FD:
+            return super().ioctl(fd, request, buf)
+        if buf.value.decode() in self.bdfs:
             buf = ctypes.create_string_buffer(self.bdfs[buf.value.decode()].encode())
-        return super().ioctl(fd, request, buf)
+        devfd = super().ioctl(fd, request, buf)
+        self.fds.add(devfd)
+        self.devfds.add(devfd)
+        return devfd
+
+    def close(self, fd: int) -> None:
+        self.devfds.discard(fd)
+        super().close(fd)
+
+    def close_all(self) -> None:
+        # Device fds before their group's, as a VMM does: fd numbers are reused, so "newest
+        # first" can close a group while its device is open -- on 6.2.1 the next scenario's
+        # VFIO_GROUP_GET_DEVICE_FD on that group then failed with EPERM (docs/conformance.md).
+        for fd in sorted(self.devfds, reverse=True):
+            self.close(fd)
+        super().close_all()
 
 
 class RealMachine:

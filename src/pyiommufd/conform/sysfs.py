@@ -46,7 +46,9 @@ def pci_devices(root: str = "/") -> list[dict]:
     for bdf in sorted(os.listdir(base)) if os.path.isdir(base) else []:
         d = os.path.join(base, bdf)
         vfio_dev = os.path.join(d, "vfio-dev")
-        cdevs = sorted(os.listdir(vfio_dev)) if os.path.isdir(vfio_dev) else []
+        # 6.1-6.5 already list vfio-dev/vfioN in sysfs, but only 6.6+ has the char device
+        cdevs = [c for c in (sorted(os.listdir(vfio_dev)) if os.path.isdir(vfio_dev) else [])
+                 if os.path.exists(_p(root, f"/dev/vfio/devices/{c}"))]
         out.append({"bdf": bdf, "vendor": read(os.path.join(d, "vendor")), "device": read(os.path.join(d, "device")),
                     "driver": _link_name(os.path.join(d, "driver")),
                     "iommu_group": _link_name(os.path.join(d, "iommu_group")),
