@@ -22,8 +22,9 @@ HPAGE_SIZE = 2 << 20
 PROT_WRITE = 2   # IOMMU_IOAS_MAP_WRITEABLE
 PROT_READ = 4    # IOMMU_IOAS_MAP_READABLE
 # iopt_alloc_iova caps the alignment it picks at HPAGE_SIZE with CONFIG_TRANSPARENT_HUGEPAGE,
-# PAGE_SIZE without.  The conformance kernel (tinyconfig) has no THP: PAGE_SIZE is the default;
-# Host.thp switches to HPAGE_SIZE (the selftest's kernel has THP, SPEC.md section 12).
+# PAGE_SIZE without.  PAGE_SIZE is the in-process default (a kernel without THP; scenarios give
+# every IOVA, so the corpus is the same on the conformance kernel, which has THP since the
+# selftest needed it); Host.thp switches to HPAGE_SIZE, as `pyiommufd emulate` does.
 MAX_ALLOC_ALIGNMENT = PAGE_SIZE
 UNMAP_MAX_TRIES = 100   # iopt_unmap_iova_range: WARN_ON(tries > 100) -> EDEADLOCK
 
