@@ -400,24 +400,24 @@ class Host:
         if self.kvm is not None and f.kind in ("cdev", "group", "group-device"):
             kvmmod.update_coherency(self, self.kvm)
 
-    def read(self, fd: int, count: int) -> bytes:
-        """read(2) on an emulated file: the file's ``read(host, count)`` (fault queues, 6.11+);
-        files without one answer EINVAL, as iommufd_fops and vfio_device_fops without .read do."""
+    def _file_op(self, fd: int, op: str):
+        """The open file's ``op`` method; EBADF for a closed fd, EINVAL for a file without one
+        (vfs_read / vfs_write on file_operations without .read / .write: iommufd_fops, vfio's)."""
         f = self.files.get(fd)
         if f is None:
             raise KernelErr(errno.EBADF, f"fd {fd} is not open")
-        if not hasattr(f, "read"):
-            raise KernelErr(errno.EINVAL, "this file has no read")
-        return f.read(self, count)
+        fn = getattr(f, op, None)
+        if fn is None:
+            raise KernelErr(errno.EINVAL, f"this file has no {op}")
+        return fn
+
+    def read(self, fd: int, count: int) -> bytes:
+        """read(2) on an emulated file: the file's ``read(host, count)`` (fault queues, fail-nth)."""
+        return self._file_op(fd, "read")(self, count)
 
     def write(self, fd: int, data: bytes) -> int:
-        """write(2) on an emulated file: the file's ``write(host, data)``, else EINVAL."""
-        f = self.files.get(fd)
-        if f is None:
-            raise KernelErr(errno.EBADF, f"fd {fd} is not open")
-        if not hasattr(f, "write"):
-            raise KernelErr(errno.EINVAL, "this file has no write")
-        return f.write(self, data)
+        """write(2) on an emulated file: the file's ``write(host, data)``."""
+        return self._file_op(fd, "write")(self, data)
 
     # -- ioctl -------------------------------------------------------------------------
     def ioctl(self, fd: int, request: int, buf) -> int:
