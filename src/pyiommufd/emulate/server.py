@@ -549,8 +549,7 @@ class Server:
             self.drain_releases()
             if type_ == P.T_STAT:
                 path = payload.decode(errors="replace")
-                ok = self.host.exists(self.paths.get(path, path)) if hasattr(self.host, "exists") \
-                    else self._exists(path)
+                ok = self._exists(path)
                 conn.send(P.S_DONE, 0 if ok else -1, 0 if ok else errno.ENOENT)
                 return
             if len(fds) == 1:
@@ -581,7 +580,8 @@ class Server:
             self._set_caller(None)
 
     def _exists(self, path: str) -> bool:
-        """Does an emulated path exist?  Asks the model by opening and closing it."""
+        """Does an emulated path exist?  Asks the model by opening and closing it (an open that
+        fails for another reason -- a group already open: EBUSY -- still means the node is there)."""
         self._set_caller(None)
         try:
             fd = self.host.open(self.paths.get(path, path))
