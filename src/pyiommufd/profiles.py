@@ -34,6 +34,8 @@ class Profile:
     # -- drivers -------------------------------------------------------------------
     intel_has_mappings_fix: bool  # e645c20e8e9c: no enforce_cache_coherency on a 2nd-level domain with mappings
     intel_driver_checks: bool     # Intel refuses CC for domains with non-SC devices and non-SC devices in CC domains
+    intel_aperture_at_alloc: bool # Intel domains get the unit's width at allocation (6.12 paging_domain_alloc);
+                                  # off: 57 bits until the first attach (md_domain_init, up to 6.11)
     smmuv3_cc: bool               # e89573cf4a13: SMMUv3 reports CC for CANWBS masters (v6.13)
     # -- KVM -----------------------------------------------------------------------
     kvm_tdp_zap: bool             # 362ff6dca541: zap TDP on noncoherent DMA 0<->1 (v6.7)
@@ -60,6 +62,7 @@ _E1 = dict(
     era="E1", cc_at_alloc=False, upgrade_on_attach=True, upgrade_on_replace=False, vfio_cdev=False,
     hwpt_alloc=None, hw_info=None, hwpt_alloc_bad_pt_errno="ENOENT", group_conflict_errno="EBUSY", id_bits=32,
     replace_checks_device=False, nesting=False, map_requires_prot=False, intel_has_mappings_fix=False, intel_driver_checks=True,
+    intel_aperture_at_alloc=False,
     smmuv3_cc=False, kvm_tdp_zap=False, kvm_vfio_cdev=False,
     sources={
         "upgrade_on_attach": "v6.2.1 iommufd_device_do_attach; v6.5 iommufd_hw_pagetable_attach",
@@ -68,6 +71,10 @@ _E1 = dict(
         "group_conflict_errno": "v6.2.1 iommu_attach_group -> __iommu_attach_group EBUSY",
         "id_bits": "v6.5 main.c _iommufd_object_alloc xa_limit_32b",
         "intel_driver_checks": "v6.2.1 intel/iommu.c domain_support_force_snooping, prepare_domain_attach_device",
+        "intel_aperture_at_alloc": "v6.2.1, v6.6.9, v6.6.87, v6.8 intel/iommu.c intel_iommu_domain_alloc: "
+                                   "md_domain_init(DEFAULT_DOMAIN_ADDRESS_WIDTH = 57), aperture "
+                                   "__DOMAIN_MAX_ADDR(57); prepare_domain_attach_device narrows gaw and "
+                                   "domain_attach_iommu -> domain_update_iommu_cap the aperture at attach",
     })
 _E2 = dict(
     _E1, era="E2", cc_at_alloc=True, upgrade_on_replace=True, vfio_cdev=True, hwpt_alloc="6.6", hw_info="6.6",
@@ -113,21 +120,24 @@ _add("linux-6.6.y", "E2 with the Intel has_mappings fix backported (6.6.11 and l
               "map_requires_prot": "present in 6.6.49 iommufd_ioas_map (docs/kernel-notes-core.md)"})
 _add("linux-6.7", "E3: CC fixed at creation, never upgraded; KVM zaps TDP on noncoherent 0<->1", "6.7", _E3)
 _add("linux-6.12", "E3, current behaviour (Debian 6.12.117); the default", "6.12", _E3, hwpt_alloc="6.12",
-     hw_info="6.12", replace_checks_device=True, map_requires_prot=True,
+     hw_info="6.12", replace_checks_device=True, intel_aperture_at_alloc=True, map_requires_prot=True,
      sources={"map_requires_prot": "6.12.117 ioas.c iommufd_ioas_map: no READABLE/WRITEABLE -> EINVAL",
+              "intel_aperture_at_alloc": "6.12.117 intel/iommu.c paging_domain_alloc: gaw from the unit "
+                                         "(agaw, cap_mgaw), aperture set at allocation",
               "replace_checks_device": "6.12.117 device.c iommufd_device_do_replace: iommufd_device_is_attached",
               "hwpt_alloc": "6.12.117 iommufd.h struct iommu_hwpt_alloc (+fault_id, __reserved2)",
               "hw_info": "6.12.117 iommufd.h struct iommu_hw_info (out_max_pasid_log2)"})
 _add("linux-6.13", "E3 plus SMMUv3 cache-coherency enforcement for CANWBS masters", "6.13", _E3,
-     hwpt_alloc="6.12", hw_info="6.12", replace_checks_device=True, map_requires_prot=True, smmuv3_cc=True,
+     hwpt_alloc="6.12", hw_info="6.12", replace_checks_device=True, intel_aperture_at_alloc=True,
+     map_requires_prot=True, smmuv3_cc=True,
      sources={"smmuv3_cc": "e89573cf4a13 'iommu/arm-smmu-v3: Support IOMMU_GET_HW_INFO/CANWBS' (v6.13)"})
 _add("proposal-want-cc", "Proposal from the seed thread: HWPT_ALLOC takes a user 'want CC' flag (never merged); "
      "auto-domains ask for CC only when the device is capable and no non-CC placement exists", None, _E3,
-     era="proposal", hwpt_alloc="6.12", hw_info="6.12", replace_checks_device=True, map_requires_prot=True,
-     want_cc_flag=True)
+     era="proposal", hwpt_alloc="6.12", hw_info="6.12", replace_checks_device=True, intel_aperture_at_alloc=True,
+     map_requires_prot=True, want_cc_flag=True)
 _add("proposal-upgrade-keep", "Proposal: E3 plus E1's upgrade on attach ('consistency regardless of order')",
      None, _E3, era="proposal", hwpt_alloc="6.12", hw_info="6.12", replace_checks_device=True,
-     map_requires_prot=True, upgrade_on_attach=True, upgrade_on_replace=True)
+     intel_aperture_at_alloc=True, map_requires_prot=True, upgrade_on_attach=True, upgrade_on_replace=True)
 _add("ablation-intel-no-sc-checks", "What the thread feared: linux-6.6 with an Intel driver that neither refuses "
      "the CC upgrade of a domain holding non-SC devices nor refuses non-SC devices in a CC domain", None, _E2,
      era="proposal", intel_driver_checks=False,

@@ -241,7 +241,8 @@ class IoPagetable:
         """iopt_map_pages: iopt_alloc_area_pages (length vs alignment / zero: EINVAL; the IOVA
         allocated from the first element's user address, or checked when fixed; each area:
         EPERM for a write mapping of read-only pages, EINVAL for a page offset below the IOAS's
-        alignment), then iopt_fill_domains_pages (pin: EFAULT), all or nothing.
+        alignment), then iopt_fill_domains_pages (per area: pin, EFAULT; then each domain's
+        driver may refuse the mapping, e.g. Intel's EINVAL without read/write), all or nothing.
         ``elms`` is the iopt_pages_list: [(pages, start_byte, length)]."""
         if (length & (self.iova_alignment - 1)) or not length:
             raise KernelErr(errno.EINVAL, "length zero or not aligned to iova_alignment")
@@ -261,11 +262,15 @@ class IoPagetable:
             cur += elm_len
         filled = []
         try:
-            if self.domains:   # iopt_area_fill_domains: pin, then the area joins domains_itree
+            if self.domains:   # iopt_area_fill_domains: pin, map into each domain
+                cur = iova
                 for pages, start_byte, elm_len in elms:
                     first, last = start_byte // PAGE_SIZE, (start_byte + elm_len - 1) // PAGE_SIZE
                     pages.add_domain_range(host, first, last)
                     filled.append((pages, first, last))
+                    for dom in self.domains:
+                        host.driver_of_domain(dom).check_map(dom, cur, cur + elm_len - 1, prot)
+                    cur += elm_len
         except KernelErr:
             for pages, first, last in filled:
                 pages.remove_domain_range(first, last)
@@ -473,7 +478,8 @@ class IoPagetable:
         """iopt_table_add_domain: raise iova_alignment to the domain's page size (EINVAL above
         PAGE_SIZE, EADDRINUSE for a mapping that does not conform), reserve everything outside
         the domain's aperture (EADDRINUSE if an area or allowed range is there), fill it: the
-        first domain pins every area's pages (EFAULT), later ones copy from it."""
+        first domain pins every area's pages (EFAULT), later ones copy from it; the driver may
+        refuse an area (Intel: EINVAL for one without read/write)."""
         new_align = max(domain.min_page_size, self.iova_alignment)
         if new_align > PAGE_SIZE:
             raise KernelErr(errno.EINVAL, "domain page size above PAGE_SIZE")
@@ -489,18 +495,22 @@ class IoPagetable:
             if self.area_iter_first(s, l) or self.allowed_iter_first(s, l):
                 raise KernelErr(errno.EADDRINUSE, f"a mapping or allowed range lies outside the domain's "
                                                   f"aperture ({s:#x}-{l:#x})")
-        if not self.domains:
-            filled = []
-            try:
-                for s, (l, _) in self.areas.items():
+        # iopt_fill_domain, area by area: the first domain pins (EFAULT), then the driver maps
+        # (it may refuse: check_map); an error unwinds what was filled.
+        driver = host.driver_of_domain(domain)
+        filled = []
+        try:
+            for s, (l, prot) in self.areas.items():
+                if not self.domains:
                     src = self.area_src[s]
                     rng = src.index_range(l - s + 1)
                     src.pages.add_domain_range(host, *rng)
                     filled.append((src.pages, rng))
-            except KernelErr:
-                for pages, rng in filled:
-                    pages.remove_domain_range(*rng)
-                raise
+                driver.check_map(domain, s, l, prot)
+        except KernelErr:
+            for pages, rng in filled:
+                pages.remove_domain_range(*rng)
+            raise
         self.outside.extend(outside)
         for s, (l, prot) in self.areas.items():
             domain.map(s, l, prot)
