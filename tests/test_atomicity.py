@@ -2,7 +2,8 @@
 
 * The fail-nth sweep, after tools/testing/selftests/iommu/iommufd_fail_nth.c: a sequence of
   client calls is run with ``Host.fail_nth = 1, 2, 3, ...`` until it succeeds without
-  reaching N.  Every injected failure must come back as ENOMEM with ``Host.snapshot()``
+  reaching N.  Every injected failure must come back as the site's errno (ENOMEM for an
+  allocation, EFAULT for pfn_reader_user_pin's iommufd_should_fail) with ``Host.snapshot()``
   unchanged; retrying without fail-nth must then give what a clean run gives -- ids
   included (an aborted object gives its id back) -- and closing everything must drain the
   host.  Two flavours: only the sequence's final call under fail-nth, and the whole sequence.
@@ -10,6 +11,10 @@
   buffer through ``Emulated.transport.ioctl``) can reach leaves the snapshot unchanged.
 """
 from __future__ import annotations
+
+import errno as _errno
+
+INJECTED = (_errno.ENOMEM, _errno.EFAULT)   # what Host.fallible sites return
 
 import ctypes
 import errno
@@ -38,7 +43,7 @@ class Env:
         self.host = self.emu.host
         self.t = self.emu.transport
         self.ifd = Iommufd(self.t)
-        self.uva = self.t.mmap(PAGE)
+        self.uva = self.t.mmap(1 << 32)   # every length mapped here: a domain pins the pages (EFAULT past the buffer)
         self.ids: dict[str, int] = {}
         self.cdevs: dict[str, VfioDevice] = {}
         self.groups: dict[str, VfioGroup] = {}
@@ -171,7 +176,7 @@ def sweep_final_call(profile, setup, final, min_points: int) -> int:
             got = final(env)
         except OSError as e:
             host.fail_nth = 0
-            assert e.errno == errno.ENOMEM, f"fail_nth={n}: {e}"
+            assert e.errno in INJECTED and "fail-nth" in str(e), f"fail_nth={n}: {e}"
             assert host.fallible_count == n
             assert host.snapshot() == before, f"fail_nth={n}: {e} changed the state"
             got = final(env)       # the retry
@@ -208,7 +213,7 @@ def sweep_sequence(profile, steps, min_points: int) -> int:
             try:
                 results.append(step(env))
             except OSError as e:
-                assert not failed and e.errno == errno.ENOMEM and host.fallible_count == n, f"fail_nth={n}: {e}"
+                assert not failed and e.errno in INJECTED and host.fallible_count == n, f"fail_nth={n}: {e}"
                 assert host.snapshot() == before, f"fail_nth={n}: {e} changed the state"
                 failed, host.fail_nth = True, 0
                 results.append(step(env))

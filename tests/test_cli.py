@@ -75,6 +75,29 @@ def test_demo_runs_and_tells_the_story():
     assert "linux-6.12" in r.stdout
 
 
+def test_demo_explains_each_quote_on_its_own():
+    """Each claim runs scenarios of its own, and what is printed under it is not another claim's text."""
+    from pyiommufd.demo import STORY
+    r = cli("demo", "--json")
+    assert r.returncode == 0, r.stderr
+    claims = json.loads(r.stdout)["claims"]
+    assert [c["claim"] for c in claims] == [s[0] for s in STORY]
+    scenarios = [s for c in claims for s in c["scenarios"]]
+    assert len(scenarios) == len(set(scenarios)), "two claims share a scenario"
+    explanations = [c["explanation"] for c in claims]
+    assert len(set(explanations)) == len(claims)
+    for c in claims:
+        for other in claims:
+            assert other["claim"][:40] not in c["explanation"], (c["who"], other["claim"])
+    first = claims[0]   # Jason: "does not want CC" -- only the proposed flag has that input: 2 domains there
+    assert first["profiles"]["proposal-want-cc"]["summary"].startswith("2 domains")
+    assert all(first["profiles"][p]["summary"] == "1 domain [C]" for p in ("linux-6.2", "linux-6.6", "linux-6.12"))
+    assert "the next scenario" in first["explanation"] and first["scenario"] == "scenarios/thread/does-not-want-cc.toml"
+    assert claims[1]["scenarios"] == ["scenarios/thread/noncc-first.toml"]
+    text = cli("demo").stdout
+    assert text.count("perfectly fine for the 2nd device") == 1   # the quote once, not again as its explanation
+
+
 def test_help_teaches_with_examples():
     r = cli("run", "--help")
     assert r.returncode == 0 and "examples:" in r.stdout

@@ -227,6 +227,7 @@ def _fake_host(root: Path, ecap="f00fca"):
     (u / "cap").write_text("d2008c22260286\n")
     (root / "dev/vfio/devices").mkdir(parents=True)
     (root / "dev/vfio/devices/vfio0").write_text("")
+    (root / "dev/vfio/devices/vfio1").write_text("")
     (root / "dev/iommu").write_text("")
     return root
 
@@ -240,6 +241,13 @@ def test_info_collect_from_fake_sysfs(tmp_path, ecap, sc):
         ("0000:00:02.0", "2", "dmar0", sc), ("0000:00:03.0", "3", "dmar0", sc)]
     counts = hostinfo.domain_counts(info)
     assert counts["linux-6.12"] == {"min": 1, "max": 1, "orders": 2, "truncated": False, "failed_attaches": 0}
+
+
+def test_vfio_dev_in_sysfs_without_the_char_device_is_no_cdev(tmp_path):
+    root = _fake_host(tmp_path)
+    (root / "dev/vfio/devices/vfio1").unlink()       # 6.1-6.5: sysfs lists vfio-dev/vfio1, /dev has no cdev
+    devs = sysfs.edu_devices(str(root))
+    assert [(d["bdf"], d["cdev"]) for d in devs] == [("0000:00:02.0", "vfio0"), ("0000:00:03.0", None)]
 
 
 def test_info_domain_counts_show_order_dependence():

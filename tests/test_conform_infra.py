@@ -257,3 +257,141 @@ def test_probe_page_table_dump_parsing(tmp_path, monkeypatch):
     assert [leaf["snp"] for leaf in dump["leaves"]] == [True, False]
     assert dump["leaves"][0] == {"iova_pfn": "0x0000000000100", "pte": "0x4567803", "snp": True}
     assert probe_agent.page_table_dump("0000:00:09.0") == {"exists": False}
+
+
+# -- other kernel releases (conform --kernel-source) ----------------------------------------------
+def test_release_from_makefile():
+    head = "# SPDX-License-Identifier: GPL-2.0\nVERSION = 6\nPATCHLEVEL = 2\nSUBLEVEL = 1\nEXTRAVERSION =\n"
+    assert build.release_from_makefile(head) == "6.2.1"
+    assert build.release_from_makefile("VERSION = 6\nPATCHLEVEL = 8\nSUBLEVEL = 0\nEXTRAVERSION = -rc3\n") == "6.8.0-rc3"
+    with pytest.raises(build.BuildError, match="not a kernel source tree"):
+        build.release_from_makefile("all:\n\techo hi\n")
+
+
+# Which of the fragment's options each release's Kconfig lacks, recorded from the trees
+# (git grep '^\s*(menu)?config X$' in every Kconfig*): 6.2.1 (daniellucs2002/linux-6.2.1-customized
+# 52c70098c), 6.6.9 (mihaelbh/... ad8d9458f), 6.8.0 (sndrzt/linux-6.8 3bc197e7c).
+RECORDED_MISSING = {
+    "6.2.1": ["CONFIG_VFIO_GROUP", "CONFIG_VFIO_DEVICE_CDEV", "CONFIG_IOMMU_IOPF"],
+    "6.6.9": ["CONFIG_IOMMU_IOPF"],
+    "6.8.0": ["CONFIG_IOMMU_IOPF"],
+    "6.12.117": [],
+}
+
+
+@pytest.mark.parametrize("release", sorted(RECORDED_MISSING))
+def test_adapt_fragment_on_recorded_kconfig(release):
+    text = build.FRAGMENT.read_text()
+    every = {n.removeprefix("CONFIG_") for n in build.parse_config(text)}
+    lacking = RECORDED_MISSING[release]
+    adapted, missing = build.adapt_fragment(text, every - {n.removeprefix("CONFIG_") for n in lacking})
+    assert sorted(missing) == sorted(lacking)
+    kept = build.parse_config(adapted)
+    assert set(kept) == set(build.parse_config(text)) - set(lacking)
+    assert all(kept[k] == v for k, v in build.parse_config(text).items() if k in kept)   # values untouched
+    # the negative option survives as a "# ... is not set" line, i.e. still verified
+    assert kept["CONFIG_VFIO_CONTAINER"] == "n"
+
+
+def test_kconfig_symbols_and_tree_key(tmp_path):
+    (tmp_path / "drivers/iommu").mkdir(parents=True)
+    (tmp_path / "drivers/iommu/Kconfig").write_text("menuconfig IOMMU_SUPPORT\n\tbool\nconfig IOMMUFD\n"
+                                                    "\tdepends on IOMMU_SUPPORT\n  config  INTEL_IOMMU\n")
+    (tmp_path / "Kconfig.debug").write_text("config FAILSLAB\n")
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools/Kconfig").write_text("config NOT_A_KERNEL_OPTION\n")
+    assert build.kconfig_symbols(tmp_path) == {"IOMMU_SUPPORT", "IOMMUFD", "INTEL_IOMMU", "FAILSLAB"}
+    key = build.tree_key(b"CONFIG_A=y\n", tmp_path)
+    assert key == build.tree_key(b"CONFIG_A=y\n", tmp_path)
+    assert key != build.tree_key(b"CONFIG_B=y\n", tmp_path)
+    (tmp_path / "drivers/iommu/Kconfig").write_text("config IOMMUFD\n")          # a patched tree
+    assert key != build.tree_key(b"CONFIG_A=y\n", tmp_path)
+
+
+def test_build_refuses_what_is_not_a_kernel(tmp_path):
+    with pytest.raises(build.BuildError, match="not a kernel source tree"):
+        build.build(tmp_path / "c", tmp_path)
+    with pytest.raises(build.BuildError, match="missing"):
+        build.build(tmp_path / "c", tmp_path / "linux.tar.xz")
+
+
+# -- the /dev/mem walk of releases without a per-device debugfs dump (conform/devmem.py) -----------
+def test_devmem_walk_of_a_legacy_mode_table():
+    import struct
+
+    from pyiommufd.conform import devmem
+    regset = ("IOMMU: dmar0 Register Base Address: fed90000\nName\t\t\tOffset\t\tContents\n"
+              "VER             \t0x00\t\t0x0000000000000010\n"
+              "RTADDR          \t0x20\t\t0x0000000001000000\n")
+    assert devmem.root_table_addresses(regset) == {"dmar0": 0x1000000}
+    mem = {}
+
+    def put(addr, *qwords):
+        for i, q in enumerate(qwords):
+            mem[addr + 8 * i] = q
+    root, ctx, l3, l2, l1 = 0x1000000, 0x2000000, 0x3000000, 0x4000000, 0x5000000
+    put(root + 16 * 0x01, ctx | 1, 0)                                # bus 01 -> context table
+    put(ctx + 16 * ((2 << 3) | 0), l3 | 1, (7 << 8) | 1)              # 01:02.0, AW 1 = 3 levels
+    put(l3 + 0, l2 | 3)
+    put(l2 + 8 * 0, l1 | 3)                                          # IOVA 0..2M through a PT
+    put(l2 + 8 * 1, 0x6000000 | 3 | devmem.PTE_LARGE)                # 2M..4M: a 2 MiB superpage, no SNP
+    put(l1 + 8 * 0x100, 0x7000000 | 3 | devmem.PTE_SNP)              # IOVA 0x100000
+    put(l1 + 8 * 0x101, 0x7001000 | 1 | devmem.PTE_SNP)              # IOVA 0x101000, read-only
+
+    def read(addr, n):
+        return b"".join(struct.pack("<Q", mem.get(addr + i, 0)) for i in range(0, n, 8))
+    assert devmem.device_table(read, root, "0000:01:02.0") == (2 + 512, [False, True])
+    assert devmem.device_table(read, root, "0000:01:03.0") is None    # no context entry
+    assert devmem.device_table(read, root, "0000:00:02.0") is None    # no root entry
+    with pytest.raises(ValueError, match="legacy"):
+        devmem.root_table_addresses(regset.replace("0x0000000001000000", "0x0000000001000c00"))
+
+
+def test_group_path_names_devices_by_pci_address(monkeypatch):
+    import ctypes
+
+    from pyiommufd import uapi
+    from pyiommufd.conform import agent
+    from pyiommufd.transport import RealTransport
+    seen = []
+    monkeypatch.setattr(RealTransport, "ioctl", lambda self, fd, req, buf: seen.append(buf.value) or 7)
+    t = agent.GroupNamesTransport({"gpu": "0000:00:02.0"})
+    assert t.ioctl(3, uapi.VFIO_GROUP_GET_DEVICE_FD, ctypes.create_string_buffer(b"gpu")) == 7
+    t.ioctl(3, uapi.VFIO_GROUP_GET_DEVICE_FD, ctypes.create_string_buffer(b"other"))
+    assert seen == [b"0000:00:02.0", b"other"]
+    assert 7 in t.fds          # the device fd is closed with the scenario's other files
+
+
+@pytest.mark.parametrize("release, profile", [("6.2.1", "linux-6.2"), ("6.5.13", "linux-6.2"), ("6.6.9", "linux-6.6"),
+                                              ("6.6.87", "linux-6.6.y"), ("6.8.0-rc3", "linux-6.7"),
+                                              ("6.12.117", "linux-6.12")])
+def test_profile_for_release(release, profile):
+    from pyiommufd.conform.harness import profile_for_release
+    assert profile_for_release(release) == profile
+
+
+def test_report_names_the_release():
+    from pyiommufd.conform import harness
+    res = {"configs": {"mock": ""}, "outcomes": [], "summary": {"mock": {"scenarios": 0, "agree": 0, "differ": 0,
+           "artifact": 0, "error": 0, "not-run": 0}}, "boots": {}, "scenarios": 0, "runs": 0, "unexplained": 0,
+           "dma": {}, "profile": "linux-6.6", "kernel": {"release": "6.6.9", "source": "/t",
+                                                        "missing_options": ["CONFIG_IOMMU_IOPF"]}}
+    text = harness.text_report(res)
+    assert text.startswith("Linux 6.6.9 (/t) against the emulator under linux-6.6")
+    assert "CONFIG_IOMMU_IOPF" in text
+
+
+def test_group_path_closes_device_fds_before_groups(monkeypatch):
+    import ctypes
+
+    from pyiommufd import uapi
+    from pyiommufd.conform import agent
+    from pyiommufd.transport import RealTransport
+    closed = []
+    monkeypatch.setattr(RealTransport, "ioctl", lambda self, fd, req, buf: 5)
+    monkeypatch.setattr(agent.os, "close", closed.append)
+    t = agent.GroupNamesTransport({})
+    t.fds.update({3, 6})                                  # /dev/iommu, a group opened after ...
+    t.ioctl(6, uapi.VFIO_GROUP_GET_DEVICE_FD, ctypes.create_string_buffer(b"x"))   # ... a reused, lower fd
+    t.close_all()
+    assert closed == [5, 6, 3]

@@ -13,7 +13,7 @@ ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install '
 
 from test_sweep import same
 
-from pyiommufd.distributed import ray_explore, ray_session
+from pyiommufd.distributed import RayEngine, ray_explore, ray_session
 from pyiommufd.explore import explore
 from pyiommufd.scenario import load
 from pyiommufd.sweep import SystemShape, enumerate_systems, parse_policies, run_sweep, scenario_for
@@ -56,7 +56,7 @@ def test_ray_explore_one_shard_truncation_and_fingerprints():
 def test_ray_sweep_equals_in_process():
     shapes = enumerate_systems(3, 2)
     a = run_sweep(shapes, parse_policies(), jobs=1)
-    b = run_sweep(shapes, parse_policies(), engine="ray")
+    b = run_sweep(shapes, parse_policies(), engine=RayEngine())
     assert b["engine"]["engine"] == "ray" and b["engine"]["workers"] == 2
     assert a["policies"] == b["policies"] and a["systems"] == b["systems"] and a["verdicts"] == b["verdicts"]
 

@@ -12,7 +12,7 @@ def place(profile, order, iommu="intel"):
     t = emu.transport
     ifd = Iommufd(t)
     ioas = ifd.ioas_alloc()
-    ioas.map(0x100000, 0x2000)
+    ioas.map(uapi.MOCK_APERTURE_START, 0x2000)   # inside every driver's aperture, the mock's too
     pts = {}
     for name in order:
         if emu.profile.vfio_cdev:

@@ -2,7 +2,7 @@
 safe under another; KVM state is in the JSON."""
 import pytest
 
-from conftest import SCENARIOS, scenario_files
+from conftest import ROOT, SCENARIOS, scenario_files
 from pyiommufd.hazards import KINDS
 from pyiommufd.runner import run
 from pyiommufd.scenario import load
@@ -40,7 +40,8 @@ def test_hot_unplug_example_from_the_issue():
     assert {h["kind"] for h in e3["final"]["hazards"]} == {"kvm-coherent-but-noncoherent-dma"}
     assert "kvm-coherent-but-noncoherent-dma" not in {h["kind"] for h in e1["final"]["hazards"]}
     h = e3["final"]["hazards"][0]
-    assert h["confirmed"] is False and h["step"] == 9
+    assert h["confirmed"] is True and h["step"] == 9     # the chain is read in 6.12.117 (kernel notes 10.1)
+    assert "not observed on hardware" in h["detail"]
     assert e3["final"]["kvm"]["noncoherent_devices"] == 0 and e3["final"]["kvm"]["wbinvd_emulated"] is False
     # before the unplug KVM did count the gpu
     mid = run(sc, "linux-6.12")["steps"][8]
@@ -76,3 +77,16 @@ def test_dma_through_stale_iopte_is_not_coherent():
         assert r["ok"] and r["detail"]["coherent"] is want
         snooped = vmm.apply(Step(100, "dma", {"device": "nic", "iova": 0x100000, "length": 0x800, "snoop": True}))
         assert snooped["detail"]["coherent"] is True
+
+
+def test_kvm_hazard_chain_is_recorded_in_the_docs():
+    """Issue 15: H4 is marked confirmed because each link was read in 6.12.117; the notes hold the chain."""
+    from pyiommufd.hazards import kvm_coherent_but_noncoherent_dma
+    notes = (ROOT / "docs" / "kernel-notes-drivers-kvm.md").read_text()
+    chain = notes[notes.index("### 10.1"):notes.index("## 11.")]
+    for fn in ("device_iommu_capable", "intel_iommu_capable", "iommufd_hwpt_paging_alloc", "prepare_domain_attach_device",
+               "kvm_vfio_update_coherency", "vfio_file_enforced_coherent", "kvm_arch_unregister_noncoherent_dma",
+               "kvm_emulate_wbinvd_noskip", "vfio_iommufd_physical_attach_ioas"):
+        assert fn in chain, fn
+    assert "confirmed in source" in chain and "not observed on hardware" in chain
+    assert "10.1" in kvm_coherent_but_noncoherent_dma.__doc__

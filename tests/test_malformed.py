@@ -105,6 +105,35 @@ def test_path_through_a_file(tmp_path):
     assert_bad_input(cli("run", p), p, "cannot read")
 
 
+def test_fifo_is_refused_at_once(tmp_path):
+    """Reading a FIFO with no writer would block for ever: refused before it is opened for reading."""
+    p = tmp_path / "pipe.toml"
+    os.mkfifo(p)
+    for cmd in ("run", "explore", "compare"):
+        assert_bad_input(cli(cmd, p), p, "is a FIFO (named pipe), not a regular file")
+
+
+def test_endless_device_is_refused():
+    assert_bad_input(cli("run", "/dev/zero"), "/dev/zero", "is a character device, not a regular file")
+
+
+def test_oversized_file_is_refused(tmp_path):
+    p = tmp_path / "big.toml"
+    p.write_bytes(b"# " + b"x" * sc.MAX_SCENARIO_BYTES + b"\n")
+    assert_bad_input(cli("run", p), p, f"a scenario file is at most {sc.MAX_SCENARIO_BYTES:,} bytes")
+    ok = tmp_path / "max.toml"     # exactly the limit is fine (a comment: an empty scenario)
+    ok.write_bytes(b"#" + b"x" * (sc.MAX_SCENARIO_BYTES - 2) + b"\n")
+    assert len(ok.read_bytes()) == sc.MAX_SCENARIO_BYTES
+    assert sc.load(ok).steps == []
+
+
+def test_symlink_to_a_device_is_refused(tmp_path):
+    p = tmp_path / "link.toml"
+    p.symlink_to("/dev/zero")
+    with pytest.raises(ScenarioError, match="is a character device"):
+        sc.load(p)
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads anything")
 def test_unreadable(tmp_path):
     p = tmp_path / "secret.toml"

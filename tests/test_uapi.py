@@ -15,6 +15,7 @@ REQUESTS = {
     "VFIO_GET_API_VERSION": 0x3B64, "VFIO_CHECK_EXTENSION": 0x3B65, "VFIO_GROUP_SET_CONTAINER": 0x3B68,
     "VFIO_GROUP_GET_DEVICE_FD": 0x3B6A, "VFIO_DEVICE_BIND_IOMMUFD": 0x3B76,
     "VFIO_DEVICE_ATTACH_IOMMUFD_PT": 0x3B77, "VFIO_DEVICE_DETACH_IOMMUFD_PT": 0x3B78,
+    "IOMMU_TEST_CMD": 0x3BA0,
 }
 
 SIZES = {  # sizeof, and offsetofend of the field IOCTL_OP names (the kernel's min_size)
@@ -26,6 +27,12 @@ SIZES = {  # sizeof, and offsetofend of the field IOCTL_OP names (the kernel's m
     "iommu_hw_info": (40, "__reserved", 32), "iommu_hw_info_vtd": (24, "ecap_reg", 24),
     "vfio_device_bind_iommufd": (16, "out_devid", 16), "vfio_device_attach_iommufd_pt": (12, "pt_id", 12),
     "vfio_device_detach_iommufd_pt": (8, "flags", 8), "iommu_hwpt_vtd_s1": (24, "__reserved", 24),
+    # measured with gcc against the tree's iommufd.h / iommufd_test.h (6.12.117)
+    "iommu_test_cmd": (72, "last", 68), "iommu_test_hw_info": (8, "test_reg", 8),
+    "iommu_hwpt_selftest": (4, "iotlb", 4), "iommu_hwpt_invalidate_selftest": (8, "iotlb_id", 8),
+    "iommu_hwpt_set_dirty_tracking": (16, "__reserved", 16), "iommu_hwpt_get_dirty_bitmap": (48, "data", 48),
+    "iommu_hwpt_invalidate": (32, "__reserved", 32), "iommu_fault_alloc": (16, "out_fault_fd", 16),
+    "iommu_hwpt_pgfault": (40, "cookie", 40), "iommu_hwpt_page_response": (8, "code", 8),
 }
 
 
@@ -68,3 +75,10 @@ def test_errno_names_are_the_kernels():
 def test_request_names():
     assert uapi.request_name(uapi.IOMMU_HWPT_ALLOC) == "IOMMU_HWPT_ALLOC"
     assert uapi.request_name(0x1234) == "ioctl 0x1234"
+
+
+def test_iommu_test_cmd_union_offsets():
+    """offsetof(struct iommu_test_cmd, dirty.out_nr_dirty) and (trigger_iopf.addr), from gcc."""
+    c, un = uapi.iommu_test_cmd, uapi._iommu_test_cmd_union
+    assert c.u.offset + un.dirty.offset + uapi._test_dirty.out_nr_dirty.offset == 56
+    assert c.u.offset + un.trigger_iopf.offset + uapi._test_trigger_iopf.addr.offset == 32

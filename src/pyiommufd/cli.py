@@ -8,13 +8,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import time
 
 from rich.console import Console
 
 from . import __version__
 from .errors import EmulationGap, EnvironmentMissing, ScenarioError
-from .profiles import DEFAULT_PROFILE, PROFILES, get_profile, profile_for_kernel
+from .profiles import DEFAULT_PROFILE, PROFILES, ProfileFileError, get_profile, profile_for_kernel, register_profile_file
 
 EPILOG_RUN = """examples:
   pyiommufd run scenarios/thread/noncc-first.toml
@@ -35,6 +37,23 @@ class _Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         sys.stderr.write(f"{self.prog}: error: {message}\n(try '{self.prog} --help')\n")
         raise SystemExit(2)
+
+
+def _apply_profile_files(args) -> None:
+    """--profile-file FILE.toml (every command with profiles): register each file's profile by its name;
+    with one file and no --profile/--kernel, it is the profile the command uses."""
+    files = getattr(args, "profile_file", None)
+    if not files:
+        return
+    try:
+        names = [register_profile_file(f).name for f in files]
+    except ProfileFileError as e:
+        raise UsageError(f"--profile-file {e}") from None
+    args.profile_file_names = names
+    if hasattr(args, "profile") and args.profile is None and getattr(args, "kernel", None) is None:
+        if len(set(names)) > 1:
+            raise UsageError(f"several --profile-file ({', '.join(names)}): choose one with --profile NAME")
+        args.profile = names[0]
 
 
 def _profile_arg(args, scenario_profile: str | None = None) -> str:
@@ -99,7 +118,8 @@ def cmd_compare(args, out: Console, err: Console) -> int:
     from .report.text import compare_report
     from .scenario import load
     sc = load(args.scenario)
-    profiles = [p.strip() for p in (args.profiles or ",".join(sc.profiles)).split(",") if p.strip()]
+    default = list(sc.profiles) + [n for n in getattr(args, "profile_file_names", []) if n not in sc.profiles]
+    profiles = [p.strip() for p in (args.profiles or ",".join(default)).split(",") if p.strip()]
     for p in profiles:
         if p not in PROFILES:
             raise UsageError(f"--profiles: unknown profile {p!r}; known: {', '.join(PROFILES)}")
@@ -142,9 +162,15 @@ def _engine_explore(sc, profile: str, args, err: Console) -> dict:
     return sharded_explore(sc, profile, args.strategy, shards=1, **kw)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def cmd_sweep(args, out: Console, err: Console) -> int:
+    from .report.progress import SweepProgress
     from .report.text import sweep_report
-    from .sweep import SystemShape, enumerate_systems, parse_policies, run_sweep
+    from .sweep import SweepInterrupted, SystemShape, _check_bounds, parse_policies, run_sweep, systems_of_size
+    from .sweep_size import done_sets, duration, size_sweep
     if args.workers is not None and args.workers < 1:
         raise UsageError("--workers must be at least 1")
     if args.max_states is not None and args.max_states < 1:
@@ -152,25 +178,59 @@ def cmd_sweep(args, out: Console, err: Console) -> int:
     if args.address and args.engine != "ray":
         raise UsageError("--address needs --engine ray")
     try:
+        if getattr(args, "profile_file_names", None) and not args.policies and not args.profiles:
+            from .sweep import DEFAULT_POLICIES, LINUX_PROFILES, PROPOSALS   # the defaults plus the files'
+            if args.strategies:
+                args.profiles = ",".join(LINUX_PROFILES + PROPOSALS + args.profile_file_names)
+            else:
+                args.policies = ",".join(list(DEFAULT_POLICIES) + args.profile_file_names)
         policies = parse_policies(args.policies, args.profiles, args.strategies)
         if args.system:
-            shapes = sorted({SystemShape.from_label(s) for s in args.system}, key=SystemShape.size_key)
+            sizes = [sorted({SystemShape.from_label(s) for s in args.system}, key=SystemShape.size_key)]
         else:
-            shapes = enumerate_systems(args.max_devices, args.max_units, min_devices=args.min_devices, sc=args.sc,
-                                       groups=args.groups, unplug=args.unplug)
+            _check_bounds(args.max_devices, args.max_units, args.min_devices)
+            sizes = (systems_of_size(n, args.max_units, sc=args.sc, groups=args.groups, unplug=args.unplug)
+                     for n in range(args.min_devices, args.max_devices + 1))
     except ValueError as e:
         raise UsageError(str(e)) from None
-    if not shapes:
+    if args.engine == "ray":
+        from .distributed import RayEngine, require_ray
+        require_ray(local=not args.address)    # before counting: say at once what is missing (exit 3)
+        engine = RayEngine(args.workers, args.address)
+    else:
+        from .sweep import ProcessEngine
+        engine = ProcessEngine(args.workers)
+    symmetry = not args.no_symmetry
+    started = time.perf_counter()
+    try:
+        size = size_sweep(sizes, policies, workers=engine.workers, symmetry=symmetry, max_states=args.max_states,
+                          force=args.force, max_devices=None if args.system else args.max_devices)
+    except KeyboardInterrupt:
+        err.print("sweep: interrupted while counting the systems; nothing was explored", markup=False, soft_wrap=True)
+        return 130
+    if not size.shapes:
         raise UsageError("no system matches these bounds")
+    if size.beyond_bound and not args.force:
+        raise UsageError(f"{size.sentence()}.  That is beyond the bound of {duration(size.bound_seconds)}: narrow "
+                         "the sweep (--max-devices, --max-units, --groups own, --unplug none, --policies) or give "
+                         "--force to run it anyway")
     if not args.quiet:
-        err.print(f"[dim]sweep: {len(shapes)} systems x {len(policies)} policies on engine {args.engine}[/]")
-    step = max(1, len(shapes) // 20)
-
-    def progress(done, total, label):
-        if not args.quiet and (done % step == 0 or done == total):
-            err.print(f"[dim]sweep: {done}/{total} systems explored (last: {label})[/]", markup=True)
-    res = run_sweep(shapes, policies, engine=args.engine, jobs=args.workers, address=args.address,
-                    max_states=args.max_states, symmetry=not args.no_symmetry, progress=progress)
+        err.print(size.sentence() + f"; engine {args.engine}", markup=False, soft_wrap=True)
+    weights = {s.label(): float(done_sets(s, symmetry)) for s in size.shapes}
+    previous = signal.signal(signal.SIGTERM, _interrupt)   # SIGTERM ends a sweep as Ctrl-C does
+    try:
+        with SweepProgress(err, weights, quiet=args.quiet) as progress:
+            progress.skip(size.calibration.results)
+            res = run_sweep(size.shapes, policies, engine=engine, max_states=args.max_states, symmetry=symmetry,
+                            progress=progress, precomputed=size.calibration.results, started=started)
+    except SweepInterrupted as e:
+        err.print(f"sweep: interrupted after {e.done} of {e.total} systems ({e.states:,} states, "
+                  f"{duration(e.seconds)}); nothing reported: a part of a sweep gives no verdict", markup=False,
+                  soft_wrap=True)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    res["estimate"] = size.to_json()
     if args.html:
         from .report.html import sweep_html
         try:
@@ -188,11 +248,19 @@ def cmd_sweep(args, out: Console, err: Console) -> int:
 
 def cmd_profiles(args, out: Console, err: Console) -> int:
     from .report.text import profiles_report
+    names = getattr(args, "profile_file_names", None)   # --profile-file: show (and so check) those only
+    shown = [PROFILES[n] for n in names] if names else list(PROFILES.values())
+    from .profiles import FILE_BASES, overrides
     if args.json:
-        print(json.dumps({"default": DEFAULT_PROFILE, "profiles": [p.to_json() for p in PROFILES.values()]},
-                         indent=2))
+        print(json.dumps({"default": DEFAULT_PROFILE, "profiles": [
+            {**p.to_json(), **({"base": FILE_BASES[p.name], "overrides": {k: v for k, (_, v) in overrides(p).items()}}
+                               if p.name in FILE_BASES else {})} for p in shown]}, indent=2))
     else:
-        profiles_report(PROFILES.values(), out)
+        profiles_report(shown, out)
+        for p in shown:
+            for k, (was, now) in overrides(p).items():
+                out.print(f"  {p.name}: {k} = {now!r} (base {FILE_BASES[p.name]}: {was!r}) -- {p.sources.get(k)}",
+                          markup=False)
     return 0
 
 
@@ -257,18 +325,27 @@ def cmd_conform(args, out: Console, err: Console) -> int:
         (f"{QEMU} (apt-get install qemu-system-x86)", shutil.which(QEMU)),
         ("busybox (apt-get install busybox-static)", shutil.which("busybox")),
         (f"{GUEST_PYTHON} (apt-get install python3.11)", GUEST_PYTHON.is_file()),
-        (f"{DEFAULT_TARBALL} (apt-get install linux-source-6.12)",
+        (f"{DEFAULT_TARBALL} (apt-get install linux-source-6.12)", args.kernel_source or
          Path(os.environ.get("PYIOMMUFD_LINUX_TARBALL") or DEFAULT_TARBALL).is_file())) if not ok]
+    if args.kernel_source and not Path(args.kernel_source).exists():
+        raise UsageError(f"--kernel-source {args.kernel_source}: no such file or directory")
+    if args.kernel_source and Path(args.kernel_source).is_dir() and not all(
+            (Path(args.kernel_source) / f).is_file() for f in ("Makefile", "Kconfig")):
+        raise UsageError(f"--kernel-source {args.kernel_source}: not a kernel source tree (no Makefile and Kconfig)")
     if missing:
         raise EnvironmentMissing("conformance needs " + "; ".join(missing)
                                  + ".  Run: sh src/pyiommufd/conform/install-deps.sh")
+    if args.selftest:
+        return _conform_selftest(args, out, err)
     if args.scenarios:
         per, unfit = harness.plan(items, configs)
         if unfit and len(unfit) == len(items):
             raise UsageError("no scenario fits a configuration: " + "; ".join(f"{u['scenario']}: {u['why']}" for u in unfit))
     try:
         res = harness.run_conformance(items, configs, cache=args.cache, dma_probe=not args.no_dma, jobs=args.jobs,
-                                      timeout=args.timeout, log=lambda m: err.print(f"[conform] {m}", markup=False))
+                                      timeout=args.timeout, log=lambda m: err.print(f"[conform] {m}", markup=False),
+                                      profile=_profile_arg(args) if args.profile else None,
+                                      source=args.kernel_source)
     except BuildError as e:
         raise EnvironmentMissing(f"cannot build the conformance kernel or initramfs: {e}") from None
     if args.json:
@@ -277,6 +354,33 @@ def cmd_conform(args, out: Console, err: Console) -> int:
         print(harness.text_report(res, all_rows=not args.differences_only))
     dma_failed = not args.no_dma and res["dma"] and not res["dma_ok"]
     return 1 if res["unexplained"] or dma_failed or not res["client_example_ok"] else 0
+
+
+def _conform_selftest(args, out: Console, err: Console) -> int:
+    """conform --selftest: the kernel's own iommufd selftest on the real kernel (conform/selftest.py)."""
+    from pathlib import Path
+
+    from .conform import selftest
+    from .conform.build import BuildError, default_cache_dir
+    from .conform.qemu import BootError
+    if args.scenarios:
+        raise UsageError("--selftest runs the kernel's selftest programs, not scenarios")
+    try:
+        res = selftest.run_selftest(cache=args.cache, source=args.kernel_source, log=lambda m: err.print(f"[conform] {m}", markup=False))
+    except BuildError as e:
+        raise EnvironmentMissing(f"cannot build the conformance kernel or initramfs: {e}") from None
+    except BootError as e:
+        _say(f"pyiommufd: the selftest VM failed: {e}")
+        return 1
+    path = Path(args.cache or default_cache_dir()) / selftest.RESULT_NAME.format(release=res["kernel"])
+    selftest.write_result(selftest.public_json(res), path)
+    path.with_suffix(".tap").write_text("".join(f"# ===== {prog}\n{p['tap']}" for prog, p in res["programs"].items()))
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(selftest.text_report(res, all_rows=not args.differences_only))
+        print(f"written: {path} (raw TAP: {path.with_suffix('.tap')})")
+    return 0 if selftest.ok(res) else 1
 
 
 def cmd_bench(args, out: Console, err: Console) -> int:
@@ -296,6 +400,31 @@ def cmd_bench(args, out: Console, err: Console) -> int:
     else:
         bench_report(res, out)
     return 0
+
+
+def cmd_emulate(args, out: Console, err: Console) -> int:
+    from . import emulate
+    from .profiles import get_profile
+    from .system import System, Unit
+    if args.cflags:
+        from pathlib import Path
+        print(f"-I{Path(emulate.__file__).with_name('include')}")
+        return 0
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise UsageError("emulate needs a command after '--' (e.g. pyiommufd emulate -- ./my-vmm)")
+    scenario_profile = None
+    if args.system:
+        from .scenario import load
+        sc = load(args.system)
+        system, scenario_profile = sc.system, sc.profile
+    else:   # only what the program makes itself (IOMMU_TEST_CMD mock devices)
+        system = System(iommu="mock", units=(Unit("mock0"),))
+    profile = get_profile(_profile_arg(args, scenario_profile))
+    return emulate.run(cmd, system, profile, trace=args.trace, record=args.record, system_path=args.system,
+                       quiet=args.quiet)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -347,7 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "--strategies kernel-auto,qemu-style,cc-aware --html out/compare.html",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("scenario", help="scenario TOML file with an [explore] table")
-    c.add_argument("--profiles", metavar="A,B,...", help="profiles to compare (default: the scenario's 'profiles')")
+    c.add_argument("--profiles", metavar="A,B,...", help="profiles to compare (default: the scenario's 'profiles', "
+                   "plus those of --profile-file)")
+    _profile_file_opt(c)
     c.add_argument("--strategies", metavar="S,...", help="user-space strategies: kernel-auto, qemu-style, cc-aware")
     _explore_opts(c)
     c.add_argument("--json", action="store_true", help="machine output on stdout")
@@ -387,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "linux-6.6, linux-6.12, proposal-want-cc, proposal-upgrade-keep, and linux-6.12 with qemu-style "
                     "and cc-aware)")
     sw.add_argument("--profiles", metavar="A,B,...", help="instead of --policies: these profiles ...")
+    _profile_file_opt(sw)
     sw.add_argument("--strategies", metavar="S,...", help="... times these strategies (default kernel-auto)")
     sw.add_argument("--max-states", type=int, metavar="N", help="per exploration (truncated ones get no verdict)")
     sw.add_argument("--no-symmetry", action="store_true", help="explore without symmetry reduction")
@@ -394,13 +526,16 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--json", action="store_true", help="machine output on stdout (only JSON; progress on stderr)")
     sw.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML report")
     sw.add_argument("--brief", action="store_true", help="table and verdicts only, no counterexample traces")
-    sw.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    sw.add_argument("--force", action="store_true", help="run a sweep whose estimated time is beyond the bound "
+                    "(1 h); the size and estimate are printed first either way")
+    sw.add_argument("-q", "--quiet", action="store_true", help="no size line or progress on stderr")
     sw.set_defaults(fn=cmd_sweep)
 
     pr = sub.add_parser("profiles", help="list the kernel eras and proposals that can be emulated",
                         description="List the profiles: each a kernel release (or a proposal) as a record of "
                         "switches, with the source each switch was read from (--json shows them all).")
     pr.add_argument("--json", action="store_true")
+    _profile_file_opt(pr)
     pr.set_defaults(fn=cmd_profiles)
 
     d = sub.add_parser("demo", help="run the seed thread's cases under every era and tell the story",
@@ -445,8 +580,17 @@ def build_parser() -> argparse.ArgumentParser:
     cf.add_argument("--cache", metavar="DIR", help="cache directory (default $PYIOMMUFD_CACHE or "
                     "~/.cache/pyiommufd/conform)")
     cf.add_argument("--list", action="store_true", help="only show which scenario runs on which configuration")
+    cf.add_argument("--selftest", action="store_true", help="instead: run the kernel's own iommufd selftests "
+                    "(iommufd, iommufd_fail_nth) in a VM without an IOMMU; per-case table, JSON written to the cache "
+                    "directory as selftest-real-RELEASE.json; exit 1 if a case fails")
     cf.add_argument("--differences-only", action="store_true", help="table rows only for scenarios that differ")
     cf.add_argument("--json", action="store_true", help="machine output on stdout")
+    cf.add_argument("--profile", metavar="NAME", help="the profile the emulator side runs (default: the one "
+                    "modelling the kernel's release)")
+    cf.add_argument("--kernel-source", metavar="PATH", help="the kernel to run: a clean source tree or a tarball "
+                    "(default: $PYIOMMUFD_LINUX_TARBALL or Debian's linux-source-6.12); its release (from the "
+                    "Makefile) names the default profile; cached per tree")
+    _profile_file_opt(cf)
     cf.set_defaults(fn=cmd_conform)
 
     b = sub.add_parser("bench", help="how fast: emulator ioctls/s, map/unmap scaling, explorer vs SPIN and naive BFS",
@@ -469,6 +613,34 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="machine output on stdout (progress stays on stderr)")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     b.set_defaults(fn=cmd_bench)
+
+    m = sub.add_parser("emulate", help="run a real program (C, Rust, Python...) on the emulated kernel",
+                       description="Run CMD and its children with /dev/iommu and /dev/vfio/... served by the "
+                       "emulated kernel of a profile, through an LD_PRELOAD interposer built with the system C "
+                       "compiler on first use (cached in ~/.cache/pyiommufd/emulate).  Everything else the "
+                       "program does is real.  Exit status: CMD's own (128+N if it died of signal N); 2 usage or "
+                       "a bad --system file; 3 the interposer cannot be built or loaded.",
+                       epilog="examples:\n"
+                       "  cc $(pyiommufd emulate --cflags) -o two_devices examples/two_devices.c\n"
+                       "  pyiommufd emulate -- ./iommufd                      # the kernel's selftest, mock devices\n"
+                       "  pyiommufd emulate --system scenarios/thread/noncc-first.toml -- ./my-vmm\n"
+                       "  pyiommufd emulate --kernel 6.2 --system sys.toml --trace calls.jsonl -- ./my-vmm\n"
+                       "  pyiommufd emulate --system sys.toml --record replay.toml -- ./my-vmm && "
+                       "pyiommufd explore replay.toml\n\n"
+                       "--system FILE: a scenario file (its [system] and [[devices]] are used) or a file with only "
+                       "those tables; device N of [[devices]] is /dev/vfio/devices/vfioN (6.6+) or its group is "
+                       "/dev/vfio/N (6.2-6.5).  The mapping is printed on stderr.  See docs/emulate.md.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _profile_opts(m)
+    m.add_argument("--system", metavar="FILE", help="the machine: devices, units, groups (default: none; "
+                   "programs make IOMMU_TEST_CMD mock devices themselves)")
+    m.add_argument("--trace", metavar="OUT.jsonl", help="one JSON object per emulated call")
+    m.add_argument("--record", metavar="OUT.toml", help="write a scenario file replaying the program's calls")
+    m.add_argument("-q", "--quiet", action="store_true", help="do not print the device mapping on stderr")
+    m.add_argument("--cflags", action="store_true", help="print the compiler flag for the shipped Linux 6.12 "
+                   "iommufd.h / vfio.h (cc $(pyiommufd emulate --cflags) ...) and exit")
+    m.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]", help="the program to run")
+    m.set_defaults(fn=cmd_emulate)
     return p
 
 
@@ -494,6 +666,14 @@ def _profile_opts(sp) -> None:
     g.add_argument("--profile", metavar="NAME", help=f"kernel era or proposal (default: the scenario's, else "
                    f"{DEFAULT_PROFILE}); see 'pyiommufd profiles'")
     g.add_argument("--kernel", metavar="X.Y[.Z]", help="pick the profile modelling this kernel version")
+    _profile_file_opt(sp)
+
+
+def _profile_file_opt(sp) -> None:
+    """--profile-file, shared by every command that takes profiles (main() loads it: _apply_profile_files)."""
+    sp.add_argument("--profile-file", action="append", metavar="FILE.toml",
+                    help="a profile file (a built-in base plus switches, see docs/profiles.md); its profile is used "
+                    "unless --profile names another, and can be named wherever profiles are (repeatable)")
 
 
 def _say(message: str) -> None:
@@ -513,6 +693,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        _apply_profile_files(args)
         return args.fn(args, out, err)
     except (ScenarioError, UsageError) as e:
         _say(f"pyiommufd: error: {e}")

@@ -90,12 +90,26 @@ class Iommufd:
         self.ioctl(uapi.IOMMU_VFIO_IOAS, cmd)
         return cmd.ioas_id
 
+    def option(self, option_id: int, op: int, val64: int = 0, object_id: int = 0) -> int:
+        """IOMMU_OPTION; returns val64 as the kernel left it (the value, for OP_GET)."""
+        cmd = _new(uapi.iommu_option, option_id=option_id, op=op, val64=val64, object_id=object_id)
+        self.ioctl(uapi.IOMMU_OPTION, cmd)
+        return cmd.val64
+
 
 def _read_user(transport, addr: int, length: int) -> bytes:
     mem = getattr(getattr(transport, "host", None), "mem", None)
     if mem is not None:
         return mem.read(addr, length)
     return ctypes.string_at(addr, length)
+
+
+def _write_user(transport, addr: int, data: bytes) -> None:
+    mem = getattr(getattr(transport, "host", None), "mem", None)
+    if mem is not None:
+        mem.write(addr, data)
+    else:
+        ctypes.memmove(addr, bytes(data), len(data))
 
 
 @dataclass(frozen=True)
@@ -143,6 +157,57 @@ class Ioas:
         cmd = _new(uapi.iommu_ioas_unmap, ioas_id=self.id, iova=iova, length=length)
         self.iommufd.ioctl(uapi.IOMMU_IOAS_UNMAP, cmd)
         return cmd.length
+
+    def copy_from(self, src: "Ioas", src_iova: int, length: int, iova: int | None = None, *,
+                  readable: bool = True, writeable: bool = True) -> int:
+        """IOMMU_IOAS_COPY of [src_iova, src_iova+length) of ``src`` into this IOAS (the same
+        pages, no new pin); ``iova=None`` lets the kernel choose.  Returns the IOVA used."""
+        flags = ((uapi.IOMMU_IOAS_MAP_FIXED_IOVA if iova is not None else 0)
+                 | (uapi.IOMMU_IOAS_MAP_READABLE if readable else 0)
+                 | (uapi.IOMMU_IOAS_MAP_WRITEABLE if writeable else 0))
+        cmd = _new(uapi.iommu_ioas_copy, flags=flags, dst_ioas_id=self.id, src_ioas_id=src.id, length=length,
+                   dst_iova=iova or 0, src_iova=src_iova)
+        self.iommufd.ioctl(uapi.IOMMU_IOAS_COPY, cmd)
+        return cmd.dst_iova
+
+    def iova_ranges(self) -> tuple[list[tuple[int, int]], int]:
+        """IOMMU_IOAS_IOVA_RANGES: the usable (start, last) ranges and the IOVA alignment.
+        The array grows until it holds every range (EMSGSIZE says it was short)."""
+        from .errors import IoctlError
+        transport = self.iommufd.transport
+        n = 8
+        while True:
+            addr = transport.mmap(16 * n)
+            cmd = _new(uapi.iommu_ioas_iova_ranges, ioas_id=self.id, num_iovas=n, allowed_iovas=addr)
+            try:
+                self.iommufd.ioctl(uapi.IOMMU_IOAS_IOVA_RANGES, cmd)
+            except IoctlError as e:
+                if e.errno != uapi.errno_value("EMSGSIZE"):
+                    raise
+                n = max(2 * n, cmd.num_iovas)
+                continue
+            raw = _read_user(transport, addr, 16 * cmd.num_iovas)
+            ranges = [uapi.iommu_iova_range.from_buffer_copy(raw, 16 * i) for i in range(cmd.num_iovas)]
+            return [(r.start, r.last) for r in ranges], cmd.out_iova_alignment
+
+    def allow_iovas(self, ranges) -> None:
+        """IOMMU_IOAS_ALLOW_IOVAS: automatic IOVAs come only from these (start, last) ranges
+        from now on; an empty list lifts the restriction."""
+        transport = self.iommufd.transport
+        ranges = list(ranges)
+        addr = transport.mmap(16 * max(len(ranges), 1))
+        _write_user(transport, addr, b"".join(bytes(uapi.iommu_iova_range(s, l)) for s, l in ranges))
+        cmd = _new(uapi.iommu_ioas_allow_iovas, ioas_id=self.id, num_iovas=len(ranges), allowed_iovas=addr)
+        self.iommufd.ioctl(uapi.IOMMU_IOAS_ALLOW_IOVAS, cmd)
+
+    @property
+    def huge_pages(self) -> bool:
+        """IOMMU_OPTION_HUGE_PAGES of this IOAS (OP_GET)."""
+        return bool(self.iommufd.option(uapi.IOMMU_OPTION_HUGE_PAGES, uapi.IOMMU_OPTION_OP_GET, object_id=self.id))
+
+    @huge_pages.setter
+    def huge_pages(self, on: bool) -> None:
+        self.iommufd.option(uapi.IOMMU_OPTION_HUGE_PAGES, uapi.IOMMU_OPTION_OP_SET, int(on), object_id=self.id)
 
 
 class VfioDevice:

@@ -31,7 +31,7 @@ states, below 3e-4 for 10^8.
 
 **Ray** (optional: ``pip install 'pyiommufd[ray]'``).  ``ray_explore`` runs the shards as Ray actors
 (batches move actor to actor through Ray's object store; the driver sees only counts);
-``ray_sweep`` runs a sweep's explorations as Ray tasks.  Either starts a local Ray for the run
+``RayEngine`` runs a sweep's explorations as Ray tasks.  Either starts a local Ray for the run
 (``num_cpus`` = workers, no dashboard) or joins an existing cluster (``address``); inside a process
 that already called ``ray.init`` (tests) it uses that.
 """
@@ -400,15 +400,29 @@ def ray_explore(sc, profile: str | None = None, strategy: str = "kernel-auto", *
         return res
 
 
-def ray_sweep(tasks: list, done, *, workers: int | None = None, address: str | None = None) -> dict:
-    """Run a sweep's per-system explorations as Ray tasks; ``done(result)`` as each finishes."""
-    from .sweep import _task
-    with ray_session(workers, address) as (ray, info):
-        release_actors(ray)
-        fn = ray.remote(num_cpus=1)(_task)
-        pending = [fn.remote(t) for t in tasks]
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            for r in ray.get(ready):
-                done(r)
-        return info
+class RayEngine:
+    """A sweep's explorations as Ray tasks (sweep.run_sweep's ``engine``): a local Ray with ``workers`` CPUs
+    started for the run, or the cluster at ``address``.  The sweep hands over its task function, so this
+    module does not import sweep.py, nor sweep.py this one: cli.py picks the engine."""
+    name = "ray"
+
+    def __init__(self, workers: int | None = None, address: str | None = None):
+        self.address = address
+        self._workers = workers
+
+    @property
+    def workers(self) -> int:
+        """What the size estimate divides by: the CPUs asked for (a cluster's are known once joined)."""
+        return self._workers or os.cpu_count() or 1
+
+    def run(self, fn, tasks: list, done) -> dict:
+        """``done(fn(task))`` for every task, as each finishes; what the sweep JSON says about the engine."""
+        with ray_session(self._workers, self.address) as (ray, info):
+            release_actors(ray)
+            remote = ray.remote(num_cpus=1)(fn)
+            pending = [remote.remote(t) for t in tasks]
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                for r in ray.get(ready):
+                    done(r)
+            return info

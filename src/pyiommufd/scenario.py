@@ -11,7 +11,9 @@ from __future__ import annotations
 import datetime
 import difflib
 import errno as _errno
+import os
 import re
+import stat
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -141,18 +143,65 @@ _ERRNO_NAMES = sorted({n for n in dir(_errno) if n.startswith("E") and isinstanc
                       | {"EOPNOTSUPP"})
 
 
+MAX_SCENARIO_BYTES = 1 << 20   # 1 MiB: hundreds of times the largest shipped scenario (3 KB)
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _not_regular(source: str, mode: int) -> ScenarioError:
+    if stat.S_ISDIR(mode):
+        return ScenarioError(f"{source}: is a directory, not a scenario file")
+    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    return ScenarioError(f"{source}: is {kind}, not a regular file: a scenario is read from a file")
+
+
+def _too_large(source: str, size: int | None) -> ScenarioError:
+    got = f"{size:,} bytes" if size is not None else f"more than {MAX_SCENARIO_BYTES:,} bytes"
+    return ScenarioError(f"{source}: {got}; a scenario file is at most {MAX_SCENARIO_BYTES:,} bytes (1 MiB)")
+
+
+def read_scenario_bytes(path: str | Path) -> bytes:
+    """The bytes of a scenario file, refusing at once what is not a regular file (a FIFO or /dev/zero would
+    block or never end) or is larger than MAX_SCENARIO_BYTES; ScenarioError naming the file."""
+    source = str(path)
+    try:
+        st = os.stat(path)      # before opening: opening a device or a FIFO may block or have effects
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular(source, st.st_mode)
+        if st.st_size > MAX_SCENARIO_BYTES:
+            raise _too_large(source, st.st_size)
+        # O_NONBLOCK: a FIFO swapped in after the stat must not block the open (fstat below refuses it)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ScenarioError(f"{source}: no such file") from None
+    except OSError as e:
+        raise ScenarioError(f"{source}: cannot read: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)        # what was really opened (the path may have changed since the stat)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular(source, st.st_mode)
+        chunks, size = [], 0
+        while size <= MAX_SCENARIO_BYTES:
+            chunk = os.read(fd, MAX_SCENARIO_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_SCENARIO_BYTES:  # the file grew after the stat
+            raise _too_large(source, None)
+        return b"".join(chunks)
+    except OSError as e:
+        raise ScenarioError(f"{source}: cannot read: {e.strerror}") from None
+    finally:
+        os.close(fd)
+
+
 def load(path: str | Path) -> Scenario:
     """Read and validate a scenario file; ScenarioError (one line, naming file and step) if bad."""
     p = Path(path)
     source = str(path)
-    try:
-        text = p.read_bytes()
-    except FileNotFoundError:
-        raise ScenarioError(f"{source}: no such file") from None
-    except IsADirectoryError:
-        raise ScenarioError(f"{source}: is a directory, not a scenario file") from None
-    except OSError as e:
-        raise ScenarioError(f"{source}: cannot read: {e.strerror}") from None
+    text = read_scenario_bytes(path)
     try:
         doc = text.decode("utf-8-sig")   # a leading BOM (some editors write one) is not an error
     except UnicodeDecodeError as e:

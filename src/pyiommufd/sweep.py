@@ -168,6 +168,41 @@ def _unit_shapes(max_devices: int, sc_kinds: tuple[bool, ...], groups: str) -> t
     return tuple(sorted(out))
 
 
+def _check_bounds(max_devices: int, max_units: int, min_devices: int) -> None:
+    if max_devices < 1 or max_units < 1:
+        raise ValueError("--max-devices and --max-units must be at least 1")
+    if not 1 <= min_devices <= max_devices:
+        raise ValueError(f"--min-devices must be between 1 and --max-devices ({max_devices})")
+
+
+def systems_of_size(n: int, max_units: int, *, sc: str = "both", groups: str = "all",
+                    unplug: str = "both") -> list[SystemShape]:
+    """Every system shape with exactly ``n`` devices over 1..max_units units, each once, in size order
+    (options as ``enumerate_systems``).  Sweeps are counted size by size (sweep_size.py), so a bound far
+    beyond reach is refused after the first few sizes instead of enumerated."""
+    kinds = {"both": (False, True), "on": (True,), "off": (False,)}[sc]
+    shapes = _unit_shapes(n, kinds, "own" if groups == "own" else "all")
+    variants = {"none": (False,), "only": (True,), "both": (False, True)}[unplug]
+    out: list[SystemShape] = []
+
+    def rec(start: int, units: tuple[UnitShape, ...], devices: int) -> None:
+        if devices == n:
+            for up in variants:
+                s = SystemShape(units, up)
+                if not up or s.unpluggable:
+                    out.append(s)
+            return
+        if len(units) == max_units:
+            return
+        for i in range(start, len(shapes)):
+            u = shapes[i]
+            if devices + u.devices <= n:
+                rec(i, units + (u,), devices + u.devices)   # multisets: non-decreasing unit order
+
+    rec(0, (), 0)
+    return sorted(out, key=SystemShape.size_key)
+
+
 def enumerate_systems(max_devices: int, max_units: int, *, min_devices: int = 1, sc: str = "both",
                       groups: str = "all", unplug: str = "both") -> list[SystemShape]:
     """Every system shape with min_devices..max_devices devices over 1..max_units units, each once.
@@ -176,29 +211,9 @@ def enumerate_systems(max_devices: int, max_units: int, *, min_devices: int = 1,
     partition of a unit's devices into groups), "own" (every device its own group).  ``unplug``:
     "none", "only" (the +unplug variant) or "both"; the +unplug variant exists only for systems
     with a device behind a unit without Snoop Control."""
-    if max_devices < 1 or max_units < 1:
-        raise ValueError("--max-devices and --max-units must be at least 1")
-    if not 1 <= min_devices <= max_devices:
-        raise ValueError(f"--min-devices must be between 1 and --max-devices ({max_devices})")
-    kinds = {"both": (False, True), "on": (True,), "off": (False,)}[sc]
-    shapes = _unit_shapes(max_devices, kinds, "own" if groups == "own" else "all")
-    out: list[SystemShape] = []
-
-    def rec(start: int, units: tuple[UnitShape, ...], devices: int) -> None:
-        if units and devices >= min_devices:
-            for up in {"none": (False,), "only": (True,), "both": (False, True)}[unplug]:
-                s = SystemShape(units, up)
-                if not up or s.unpluggable:
-                    out.append(s)
-        if len(units) == max_units:
-            return
-        for i in range(start, len(shapes)):
-            u = shapes[i]
-            if devices + u.devices <= max_devices:
-                rec(i, units + (u,), devices + u.devices)   # multisets: non-decreasing unit order
-
-    rec(0, (), 0)
-    return sorted(out, key=SystemShape.size_key)
+    _check_bounds(max_devices, max_units, min_devices)
+    return [s for n in range(min_devices, max_devices + 1)
+            for s in systems_of_size(n, max_units, sc=sc, groups=groups, unplug=unplug)]
 
 
 def scenario_for(shape: SystemShape) -> Scenario:
@@ -300,38 +315,93 @@ def cost_order(shapes: list[SystemShape]) -> list[SystemShape]:
     return sorted(shapes, key=lambda s: (-s.events, -s.devices, s.size_key()))
 
 
-def run_sweep(shapes: list[SystemShape], policies: list[tuple[str, str]], *, engine: str = "process",
-              jobs: int | None = None, address: str | None = None, max_states: int | None = None,
-              symmetry: bool = True, progress=None) -> dict:
-    """Explore every shape under every policy on the chosen engine; the aggregated sweep result."""
-    t0 = time.perf_counter()
-    tasks = [(s.label(), policies, max_states, symmetry) for s in cost_order(shapes)]
+class SweepInterrupted(Exception):
+    """Ctrl-C during a sweep: what was done by then (a part of a sweep gives no verdict)."""
+
+    def __init__(self, done: int, total: int, states: int, seconds: float):
+        super().__init__(f"{done} of {total} systems explored")
+        self.done, self.total, self.states, self.seconds = done, total, states, seconds
+
+
+def _ignore_sigint() -> None:   # pool workers: Ctrl-C is the driver's to handle (no worker tracebacks)
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class ProcessEngine:
+    """Explorations on this machine: in this process (one job) or a pool of ``jobs`` processes.
+    An engine runs ``fn(task)`` for every task, calls ``done(result)`` as each finishes, and returns
+    what the sweep JSON reports about it; distributed.RayEngine is the other one."""
+    name = "process"
+
+    def __init__(self, jobs: int | None = None):
+        self.jobs = jobs or os.cpu_count() or 1
+
+    @property
+    def workers(self) -> int:
+        return self.jobs
+
+    def run(self, fn, tasks: list, done) -> dict:
+        if self.jobs == 1 or len(tasks) <= 1:
+            for t in tasks:
+                done(fn(t))
+            return {"workers": self.jobs}
+        import concurrent.futures as cf
+        import multiprocessing as mp
+        ctx = mp.get_context("forkserver" if sys.platform.startswith("linux") else "spawn")
+        pool = cf.ProcessPoolExecutor(max_workers=self.jobs, mp_context=ctx, initializer=_ignore_sigint)
+        try:
+            futs = [pool.submit(fn, t) for t in tasks]
+            for f in cf.as_completed(futs):
+                done(f.result())
+        except BaseException:
+            _stop(pool)
+            raise
+        pool.shutdown()
+        return {"workers": self.jobs}
+
+
+def _stop(pool) -> None:
+    """Stop a pool now: drop the queued tasks and end the running ones (Ctrl-C must not wait for them)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.join()
+    pool.shutdown(wait=True)
+
+
+def run_sweep(shapes: list[SystemShape], policies: list[tuple[str, str]], *, engine=None, jobs: int | None = None,
+              max_states: int | None = None, symmetry: bool = True, progress=None,
+              precomputed: dict | None = None, started: float | None = None) -> dict:
+    """Explore every shape under every policy on ``engine`` (default: ``ProcessEngine(jobs)``); the aggregated
+    sweep result.  ``precomputed``: label -> ``explore_system`` result already at hand (the size estimate's
+    calibration), not explored again; ``started``: its perf_counter start, so the sweep's time includes it.
+    Ctrl-C raises SweepInterrupted saying what was done."""
+    if engine is None:
+        engine = ProcessEngine(jobs)
+    elif jobs is not None:
+        raise ValueError("jobs is the default engine's; give the engine its workers instead")
+    t0 = time.perf_counter() if started is None else started
+    precomputed = precomputed or {}
+    tasks = [(s.label(), policies, max_states, symmetry) for s in cost_order(shapes) if s.label() not in precomputed]
     per_system: dict[str, dict] = {}
     best: dict[str, dict] = {}
-    info: dict = {"engine": engine}
+    states = [0]
 
     def done(r):
         per_system[r["system"]] = reduce_system(SystemShape.from_label(r["system"]), r["results"], best)
+        states[0] += sum(x.get("states", 0) for x in r["results"].values())
         if progress:
-            progress(len(per_system), len(tasks), r["system"])
+            progress(len(per_system), len(shapes), r["system"])
 
-    if engine == "ray":
-        from .distributed import ray_sweep
-        info.update(ray_sweep(tasks, done, workers=jobs, address=address))
-    else:
-        jobs = jobs or os.cpu_count() or 1
-        info["workers"] = jobs
-        if jobs == 1 or len(tasks) <= 1:
-            for t in tasks:
-                done(_task(t))
-        else:
-            import concurrent.futures as cf
-            import multiprocessing as mp
-            ctx = mp.get_context("forkserver" if sys.platform.startswith("linux") else "spawn")
-            with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-                futs = [pool.submit(_task, t) for t in tasks]
-                for f in cf.as_completed(futs):
-                    done(f.result())
+    for label in [s.label() for s in shapes if s.label() in precomputed]:
+        done(precomputed[label])
+    try:
+        info = {"engine": engine.name, **engine.run(_task, tasks, done)}
+    except KeyboardInterrupt:
+        raise SweepInterrupted(len(per_system), len(shapes), states[0], time.perf_counter() - t0) from None
     seconds = time.perf_counter() - t0
     return aggregate(shapes, policies, per_system, best, seconds, info)
 

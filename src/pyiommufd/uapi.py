@@ -89,7 +89,30 @@ VFIO_GROUP_GET_DEVICE_FD = _IO(VFIO_TYPE, VFIO_BASE + 6)
 VFIO_DEVICE_BIND_IOMMUFD = _IO(VFIO_TYPE, VFIO_BASE + 18)
 VFIO_DEVICE_ATTACH_IOMMUFD_PT = _IO(VFIO_TYPE, VFIO_BASE + 19)
 VFIO_DEVICE_DETACH_IOMMUFD_PT = _IO(VFIO_TYPE, VFIO_BASE + 20)
+VFIO_SET_IOMMU = _IO(VFIO_TYPE, VFIO_BASE + 2)
+VFIO_IOMMU_GET_INFO = _IO(VFIO_TYPE, VFIO_BASE + 12)
+VFIO_IOMMU_MAP_DMA = _IO(VFIO_TYPE, VFIO_BASE + 13)
+VFIO_IOMMU_UNMAP_DMA = _IO(VFIO_TYPE, VFIO_BASE + 14)
+VFIO_IOMMU_DIRTY_PAGES = _IO(VFIO_TYPE, VFIO_BASE + 17)
+VFIO_API_VERSION = 0
+# VFIO_CHECK_EXTENSION / VFIO_SET_IOMMU values
+VFIO_TYPE1_IOMMU = 1
+VFIO_TYPE1v2_IOMMU = 3
 VFIO_DMA_CC_IOMMU = 4  # extension: "is DMA through this container cache coherent"
+VFIO_TYPE1_NESTING_IOMMU = 6
+VFIO_NOIOMMU_IOMMU = 8
+VFIO_UNMAP_ALL = 9
+VFIO_UPDATE_VADDR = 10
+VFIO_DMA_MAP_FLAG_READ = 1 << 0
+VFIO_DMA_MAP_FLAG_WRITE = 1 << 1
+VFIO_DMA_MAP_FLAG_VADDR = 1 << 2
+VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP = 1 << 0
+VFIO_DMA_UNMAP_FLAG_ALL = 1 << 1
+VFIO_DMA_UNMAP_FLAG_VADDR = 1 << 2
+VFIO_IOMMU_INFO_PGSIZES = 1 << 0
+VFIO_IOMMU_INFO_CAPS = 1 << 1
+VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE = 1
+VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL = 3
 
 # --- flags and enums --------------------------------------------------------------
 IOMMU_IOAS_MAP_FIXED_IOVA = 1 << 0
@@ -113,8 +136,20 @@ IOMMU_HWPT_DATA_VTD_S1 = 1
 IOMMU_HW_INFO_TYPE_NONE = 0
 IOMMU_HW_INFO_TYPE_INTEL_VTD = 1
 IOMMU_HW_CAP_DIRTY_TRACKING = 1 << 0
+IOMMU_HWPT_DIRTY_TRACKING_ENABLE = 1 << 0
+IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR = 1 << 0   # = IOMMU_DIRTY_NO_CLEAR (include/linux/iommu.h)
+IOMMU_HWPT_INVALIDATE_DATA_VTD_S1 = 0
+IOMMU_PGFAULT_PERM_READ, IOMMU_PGFAULT_PERM_WRITE, IOMMU_PGFAULT_PERM_EXEC, IOMMU_PGFAULT_PERM_PRIV = 1, 2, 4, 8
+IOMMU_PGFAULT_FLAGS_PASID_VALID, IOMMU_PGFAULT_FLAGS_LAST_PAGE = 1 << 0, 1 << 1
+IOMMUFD_PAGE_RESP_SUCCESS, IOMMUFD_PAGE_RESP_INVALID = 0, 1
 
 IOMMU_VFIO_IOAS_GET, IOMMU_VFIO_IOAS_SET, IOMMU_VFIO_IOAS_CLEAR = 0, 1, 2
+
+# enum iommufd_option / enum iommufd_option_ops
+IOMMU_OPTION_RLIMIT_MODE = 0
+IOMMU_OPTION_HUGE_PAGES = 1
+IOMMU_OPTION_OP_SET = 0
+IOMMU_OPTION_OP_GET = 1
 
 # Intel VT-d extended capability register, bit 7: Snoop Control (ecap_sc_support,
 # drivers/iommu/intel/iommu.h).
@@ -155,6 +190,37 @@ class iommu_ioas_map(_Struct):
 class iommu_ioas_unmap(_Struct):
     """struct iommu_ioas_unmap { __u32 size, ioas_id; __aligned_u64 iova, length; };"""
     _fields_ = [("size", u32), ("ioas_id", u32), ("iova", u64), ("length", u64)]
+
+
+class iommu_iova_range(_Struct):
+    """struct iommu_iova_range { __aligned_u64 start; __aligned_u64 last; };"""
+    _fields_ = [("start", u64), ("last", u64)]
+
+
+class iommu_ioas_iova_ranges(_Struct):
+    """struct iommu_ioas_iova_ranges { __u32 size, ioas_id, num_iovas, __reserved;
+    __aligned_u64 allowed_iovas, out_iova_alignment; };"""
+    _fields_ = [("size", u32), ("ioas_id", u32), ("num_iovas", u32), ("__reserved", u32),
+                ("allowed_iovas", u64), ("out_iova_alignment", u64)]
+
+
+class iommu_ioas_allow_iovas(_Struct):
+    """struct iommu_ioas_allow_iovas { __u32 size, ioas_id, num_iovas, __reserved; __aligned_u64 allowed_iovas; };"""
+    _fields_ = [("size", u32), ("ioas_id", u32), ("num_iovas", u32), ("__reserved", u32),
+                ("allowed_iovas", u64)]
+
+
+class iommu_ioas_copy(_Struct):
+    """struct iommu_ioas_copy { __u32 size, flags, dst_ioas_id, src_ioas_id;
+    __aligned_u64 length, dst_iova, src_iova; };"""
+    _fields_ = [("size", u32), ("flags", u32), ("dst_ioas_id", u32), ("src_ioas_id", u32),
+                ("length", u64), ("dst_iova", u64), ("src_iova", u64)]
+
+
+class iommu_option(_Struct):
+    """struct iommu_option { __u32 size, option_id; __u16 op, __reserved; __u32 object_id; __aligned_u64 val64; };"""
+    _fields_ = [("size", u32), ("option_id", u32), ("op", u16), ("__reserved", u16), ("object_id", u32),
+                ("val64", u64)]
 
 
 class iommu_vfio_ioas(_Struct):
@@ -224,9 +290,207 @@ class vfio_device_detach_iommufd_pt(_Struct):
     _fields_ = [("argsz", u32), ("flags", u32)]
 
 
+class vfio_iommu_type1_info(_Struct):
+    """struct vfio_iommu_type1_info { __u32 argsz, flags; __aligned_u64 iova_pgsizes; __u32 cap_offset, pad; };"""
+    _fields_ = [("argsz", u32), ("flags", u32), ("iova_pgsizes", u64), ("cap_offset", u32), ("pad", u32)]
+
+
+class vfio_info_cap_header(_Struct):
+    """struct vfio_info_cap_header { __u16 id, version; __u32 next; };"""
+    _fields_ = [("id", u16), ("version", u16), ("next", u32)]
+
+
+class vfio_iova_range(_Struct):
+    """struct vfio_iova_range { __u64 start, end; };"""
+    _fields_ = [("start", u64), ("end", u64)]
+
+
+class vfio_iommu_type1_info_cap_iova_range(_Struct):
+    """struct vfio_iommu_type1_info_cap_iova_range { struct vfio_info_cap_header header; __u32 nr_iovas, reserved;
+    struct vfio_iova_range iova_ranges[]; };  (the flexible array follows the 16-byte head)"""
+    _fields_ = [("header", vfio_info_cap_header), ("nr_iovas", u32), ("reserved", u32)]
+
+
+class vfio_iommu_type1_info_dma_avail(_Struct):
+    """struct vfio_iommu_type1_info_dma_avail { struct vfio_info_cap_header header; __u32 avail; };"""
+    _fields_ = [("header", vfio_info_cap_header), ("avail", u32)]
+
+
+class vfio_iommu_type1_dma_map(_Struct):
+    """struct vfio_iommu_type1_dma_map { __u32 argsz, flags; __u64 vaddr, iova, size; };"""
+    _fields_ = [("argsz", u32), ("flags", u32), ("vaddr", u64), ("iova", u64), ("size", u64)]
+
+
+class vfio_iommu_type1_dma_unmap(_Struct):
+    """struct vfio_iommu_type1_dma_unmap { __u32 argsz, flags; __u64 iova, size; __u8 data[]; };"""
+    _fields_ = [("argsz", u32), ("flags", u32), ("iova", u64), ("size", u64)]
+
+
 class vfio_group_fd(_Struct):
     """The __s32 container fd VFIO_GROUP_SET_CONTAINER reads."""
     _fields_ = [("fd", s32)]
+
+
+class iommu_hwpt_set_dirty_tracking(_Struct):
+    """struct iommu_hwpt_set_dirty_tracking { __u32 size, flags, hwpt_id, __reserved; };"""
+    _fields_ = [("size", u32), ("flags", u32), ("hwpt_id", u32), ("__reserved", u32)]
+
+
+class iommu_hwpt_get_dirty_bitmap(_Struct):
+    """struct iommu_hwpt_get_dirty_bitmap { __u32 size, hwpt_id, flags, __reserved;
+    __aligned_u64 iova, length, page_size, data; };"""
+    _fields_ = [("size", u32), ("hwpt_id", u32), ("flags", u32), ("__reserved", u32),
+                ("iova", u64), ("length", u64), ("page_size", u64), ("data", u64)]
+
+
+class iommu_hwpt_invalidate(_Struct):
+    """struct iommu_hwpt_invalidate { __u32 size, hwpt_id; __aligned_u64 data_uptr;
+    __u32 data_type, entry_len, entry_num, __reserved; };"""
+    _fields_ = [("size", u32), ("hwpt_id", u32), ("data_uptr", u64), ("data_type", u32),
+                ("entry_len", u32), ("entry_num", u32), ("__reserved", u32)]
+
+
+class iommu_fault_alloc(_Struct):
+    """struct iommu_fault_alloc { __u32 size, flags, out_fault_id, out_fault_fd; };"""
+    _fields_ = [("size", u32), ("flags", u32), ("out_fault_id", u32), ("out_fault_fd", u32)]
+
+
+class iommu_hwpt_pgfault(_Struct):
+    """struct iommu_hwpt_pgfault { __u32 flags, dev_id, pasid, grpid, perm, __reserved;
+    __aligned_u64 addr; __u32 length, cookie; };"""
+    _fields_ = [("flags", u32), ("dev_id", u32), ("pasid", u32), ("grpid", u32), ("perm", u32),
+                ("__reserved", u32), ("addr", u64), ("length", u32), ("cookie", u32)]
+
+
+class iommu_hwpt_page_response(_Struct):
+    """struct iommu_hwpt_page_response { __u32 cookie, code; };"""
+    _fields_ = [("cookie", u32), ("code", u32)]
+
+
+# --- the selftest mock's uAPI (drivers/iommu/iommufd/iommufd_test.h, 6.12.117) -----
+# Present with CONFIG_IOMMUFD_TEST, which every conformance kernel has.
+IOMMUFD_CMD_TEST = IOMMUFD_CMD_BASE + 32
+IOMMU_TEST_CMD = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_TEST)
+(IOMMU_TEST_OP_ADD_RESERVED, IOMMU_TEST_OP_MOCK_DOMAIN, IOMMU_TEST_OP_MD_CHECK_MAP, IOMMU_TEST_OP_MD_CHECK_REFS,
+ IOMMU_TEST_OP_CREATE_ACCESS, IOMMU_TEST_OP_DESTROY_ACCESS_PAGES, IOMMU_TEST_OP_ACCESS_PAGES,
+ IOMMU_TEST_OP_ACCESS_RW, IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT, IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE,
+ IOMMU_TEST_OP_ACCESS_REPLACE_IOAS, IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS, IOMMU_TEST_OP_DIRTY,
+ IOMMU_TEST_OP_MD_CHECK_IOTLB, IOMMU_TEST_OP_TRIGGER_IOPF) = range(1, 16)
+MOCK_APERTURE_START = 1 << 24
+MOCK_APERTURE_LAST = (1 << 31) - 1
+MOCK_FLAGS_ACCESS_WRITE = 1 << 0
+MOCK_FLAGS_ACCESS_SYZ = 1 << 16
+MOCK_ACCESS_RW_WRITE = 1 << 0
+MOCK_ACCESS_RW_SLOW_PATH = 1 << 2
+MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES = 1 << 0
+MOCK_FLAGS_DEVICE_NO_DIRTY = 1 << 0
+MOCK_FLAGS_DEVICE_HUGE_IOVA = 1 << 1
+MOCK_NESTED_DOMAIN_IOTLB_ID_MAX = 3
+MOCK_NESTED_DOMAIN_IOTLB_NUM = 4
+IOMMU_HW_INFO_TYPE_SELFTEST = 0xFEEDBEEF
+IOMMU_HW_INFO_SELFTEST_REGVAL = 0xDEADBEEF
+IOMMU_HWPT_DATA_SELFTEST = 0xDEAD
+IOMMU_TEST_IOTLB_DEFAULT = 0xBADBEEF
+IOMMU_HWPT_INVALIDATE_DATA_SELFTEST = 0xDEADBEEF
+IOMMU_HWPT_INVALIDATE_DATA_SELFTEST_INVALID = 0xDADBEEF
+IOMMU_TEST_INVALIDATE_FLAG_ALL = 1 << 0
+
+
+class _test_add_reserved(_Struct):
+    _fields_ = [("start", u64), ("length", u64)]
+
+
+class _test_mock_domain(_Struct):
+    _fields_ = [("out_stdev_id", u32), ("out_hwpt_id", u32), ("out_idev_id", u32)]
+
+
+class _test_mock_domain_flags(_Struct):
+    _fields_ = [("out_stdev_id", u32), ("out_hwpt_id", u32), ("out_idev_id", u32), ("dev_flags", u32)]
+
+
+class _test_mock_domain_replace(_Struct):
+    _fields_ = [("pt_id", u32)]
+
+
+class _test_check_map(_Struct):
+    _fields_ = [("iova", u64), ("length", u64), ("uptr", u64)]
+
+
+class _test_check_refs(_Struct):
+    _fields_ = [("length", u64), ("uptr", u64), ("refs", u32)]
+
+
+class _test_create_access(_Struct):
+    _fields_ = [("out_access_fd", u32), ("flags", u32)]
+
+
+class _test_destroy_access_pages(_Struct):
+    _fields_ = [("access_pages_id", u32)]
+
+
+class _test_access_pages(_Struct):
+    _fields_ = [("flags", u32), ("out_access_pages_id", u32), ("iova", u64), ("length", u64), ("uptr", u64)]
+
+
+class _test_access_rw(_Struct):
+    _fields_ = [("iova", u64), ("length", u64), ("uptr", u64), ("flags", u32)]
+
+
+class _test_memory_limit(_Struct):
+    _fields_ = [("limit", u32)]
+
+
+class _test_access_replace_ioas(_Struct):
+    _fields_ = [("ioas_id", u32)]
+
+
+class _test_dirty(_Struct):
+    _fields_ = [("flags", u32), ("iova", u64), ("length", u64), ("page_size", u64), ("uptr", u64),
+                ("out_nr_dirty", u64)]
+
+
+class _test_check_iotlb(_Struct):
+    _fields_ = [("id", u32), ("iotlb", u32)]
+
+
+class _test_trigger_iopf(_Struct):
+    _fields_ = [("dev_id", u32), ("pasid", u32), ("grpid", u32), ("perm", u32), ("addr", u64)]
+
+
+class _iommu_test_cmd_union(ctypes.Union):
+    _fields_ = [("add_reserved", _test_add_reserved), ("mock_domain", _test_mock_domain),
+                ("mock_domain_flags", _test_mock_domain_flags), ("mock_domain_replace", _test_mock_domain_replace),
+                ("check_map", _test_check_map), ("check_refs", _test_check_refs),
+                ("create_access", _test_create_access), ("destroy_access_pages", _test_destroy_access_pages),
+                ("access_pages", _test_access_pages), ("access_rw", _test_access_rw),
+                ("memory_limit", _test_memory_limit), ("access_replace_ioas", _test_access_replace_ioas),
+                ("dirty", _test_dirty), ("check_iotlb", _test_check_iotlb), ("trigger_iopf", _test_trigger_iopf)]
+
+
+class iommu_test_cmd(_Struct):
+    """struct iommu_test_cmd { __u32 size, op, id, __reserved; union { struct {...} add_reserved;
+    mock_domain; mock_domain_flags; mock_domain_replace; check_map; check_refs; create_access;
+    destroy_access_pages; access_pages; access_rw; memory_limit; access_replace_ioas; dirty;
+    check_iotlb; trigger_iopf; }; __u32 last; };  (iommufd_test.h, 6.12.117: 72 bytes, min_size 68)
+    The union members are reached by name: ``cmd.mock_domain.out_hwpt_id``."""
+    _anonymous_ = ("u",)
+    _fields_ = [("size", u32), ("op", u32), ("id", u32), ("__reserved", u32), ("u", _iommu_test_cmd_union),
+                ("last", u32)]
+
+
+class iommu_test_hw_info(_Struct):
+    """struct iommu_test_hw_info { __u32 flags, test_reg; };"""
+    _fields_ = [("flags", u32), ("test_reg", u32)]
+
+
+class iommu_hwpt_selftest(_Struct):
+    """struct iommu_hwpt_selftest { __u32 iotlb; };"""
+    _fields_ = [("iotlb", u32)]
+
+
+class iommu_hwpt_invalidate_selftest(_Struct):
+    """struct iommu_hwpt_invalidate_selftest { __u32 flags, iotlb_id; };"""
+    _fields_ = [("flags", u32), ("iotlb_id", u32)]
 
 
 # The kernel's per-command table: (struct, field whose end is min_size), as in
@@ -236,9 +500,18 @@ IOMMUFD_MIN_FIELD = {
     IOMMUFD_CMD_IOAS_ALLOC: (iommu_ioas_alloc, "out_ioas_id"),
     IOMMUFD_CMD_IOAS_MAP: (iommu_ioas_map, "iova"),
     IOMMUFD_CMD_IOAS_UNMAP: (iommu_ioas_unmap, "length"),
+    IOMMUFD_CMD_IOAS_IOVA_RANGES: (iommu_ioas_iova_ranges, "out_iova_alignment"),
+    IOMMUFD_CMD_IOAS_ALLOW_IOVAS: (iommu_ioas_allow_iovas, "allowed_iovas"),
+    IOMMUFD_CMD_IOAS_COPY: (iommu_ioas_copy, "src_iova"),
+    IOMMUFD_CMD_OPTION: (iommu_option, "val64"),
     IOMMUFD_CMD_VFIO_IOAS: (iommu_vfio_ioas, "__reserved"),
     IOMMUFD_CMD_HWPT_ALLOC: (iommu_hwpt_alloc, "__reserved"),
     IOMMUFD_CMD_GET_HW_INFO: (iommu_hw_info, "__reserved"),
+    IOMMUFD_CMD_HWPT_SET_DIRTY_TRACKING: (iommu_hwpt_set_dirty_tracking, "__reserved"),
+    IOMMUFD_CMD_HWPT_GET_DIRTY_BITMAP: (iommu_hwpt_get_dirty_bitmap, "data"),
+    IOMMUFD_CMD_HWPT_INVALIDATE: (iommu_hwpt_invalidate, "__reserved"),
+    IOMMUFD_CMD_FAULT_QUEUE_ALLOC: (iommu_fault_alloc, "out_fault_fd"),
+    IOMMUFD_CMD_TEST: (iommu_test_cmd, "last"),
 }
 
 # Per release layouts of the structs that grew.  Key: the struct's layout name as

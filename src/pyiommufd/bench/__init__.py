@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..explore import explore
 from ..scenario import load
-from . import emulator, naive, spin
+from . import emulator, interposer, naive, spin
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 BENCH_8 = SCENARIOS / "bench" / "intel-8dev-3units.toml"
@@ -43,9 +43,10 @@ HEADLINE = ("emulator_ioctls_per_s", "map_cost_ratio_1e6_vs_1e3", "explorer_stat
 SIZES = {
     False: {"cycles": 2000, "ioctl_repeats": 15, "map_small": 1000, "map_large": 1_000_000, "map_ops": 5000,
             "map_rounds": 5, "repeats": 3, "scenarios": (BENCH_8, BENCH_10, BENCH_12),
-            "naive_on": (BENCH_8, BENCH_10), "symmetry_only": (BENCH_12,)},
+            "naive_on": (BENCH_8, BENCH_10), "symmetry_only": (BENCH_12,), "emulate_ioctls": 40000},
     True: {"cycles": 1000, "ioctl_repeats": 5, "map_small": 1000, "map_large": 10_000, "map_ops": 1000,
-           "map_rounds": 3, "repeats": 1, "scenarios": (QUICK,), "naive_on": (QUICK,), "symmetry_only": ()},
+           "map_rounds": 3, "repeats": 1, "scenarios": (QUICK,), "naive_on": (QUICK,), "symmetry_only": (),
+           "emulate_ioctls": 4000},
 }
 GOAL_IOCTLS = 200_000
 GOAL_MAP_RATIO = 2.0
@@ -56,6 +57,8 @@ GOAL_REAL_IOCTL_RATIO = 5.0  # issue 14: an emulated ioctl vs a real ioctl sysca
 # issue 14's figure for the explorer before it (symmetry off, intel-8dev-3units, this machine, under load);
 # the same run also measures that explorer (``live=False``, the reference path) for the ratio
 BASELINE_ISSUE14_STATES_PER_S = 383
+GOAL_EMULATE_IOCTLS = 20_000     # from C through the interposer (issue 12)
+GOAL_EMULATE_RATIO = 3.0         # its cost per call / the in-process client's
 
 
 def _best(fn, repeats: int):
@@ -230,6 +233,8 @@ def run(quick: bool = False, with_spin: bool = True, progress=None, sizes: dict 
     ms = emulator.map_scaling(z["map_small"], z["map_large"], ops=z["map_ops"], rounds=z["map_rounds"],
                               profile=PROFILE, progress=say)
     res["map_scaling"] = ms
+    say("emulate: ioctls from C through the interposer, beside the in-process client path")
+    res["emulate"] = interposer.compare(z["emulate_ioctls"], PROFILE, z["repeats"])
 
     engines = {}
     for path in z["scenarios"]:
@@ -324,6 +329,14 @@ def goals(res: dict) -> list[dict]:
         out.append({"id": "explorer_vs_spin_verify_12", "goal": f"explorer (symmetry) time to verdict <= "
                                                             f"{GOAL_SPIN_VERIFY_RATIO} x SPIN's verify (pan) alone, 12 devices",
                     "value": v, "met": None if v is None else v <= GOAL_SPIN_VERIFY_RATIO})
+    em = res.get("emulate")
+    if em:
+        out.append({"id": "emulate_c_ioctls", "goal": f"emulated ioctls from C through the interposer >= "
+                                                      f"{GOAL_EMULATE_IOCTLS:,}/s (wall)",
+                    "value": em["c_ioctls_per_s"], "met": em["c_ioctls_per_s"] >= GOAL_EMULATE_IOCTLS})
+        out.append({"id": "emulate_vs_in_process", "goal": f"cost per call from C <= {GOAL_EMULATE_RATIO} x the "
+                                                           "in-process client path's (same run, wall)",
+                    "value": em["ratio_c_vs_in_process"], "met": em["ratio_c_vs_in_process"] <= GOAL_EMULATE_RATIO})
     for name, e in res["explorer"].items():
         out.append({"id": f"counts_{name}", "goal": f"{name}: explorer, naive BFS and SPIN count the same states "
                                                    "and reach the same verdict",

@@ -29,9 +29,10 @@ import time
 import tomllib
 import traceback
 
+from .. import uapi
 from ..client import Iommufd, VfioDevice
 from ..errors import IoctlError
-from ..profiles import get_profile
+from ..profiles import get_profile, profile_from_json, register_profile
 from ..runner import Vmm
 from ..scenario import parse
 from ..transport import RealTransport
@@ -59,13 +60,49 @@ EDU_BUF = 0x40000          # the device's 4 KiB DMA buffer, as a DMA "address" i
 EDU_DMA_LEN = 2048         # edu_check_range rejects a transfer ending at the buffer's end: 4 KiB aborts QEMU
 
 
+class GroupNamesTransport(RealTransport):
+    """The real transport, except for VFIO_GROUP_GET_DEVICE_FD (the group path of kernels
+    without cdevs): the device is named by its PCI address, as the kernel's dev_name() is, where
+    the runner names it by its scenario name (the emulator's device name); and the device fd it
+    returns is this transport's to close, so a scenario ending with a device open does not leave
+    it bound (and attached) into the next scenario."""
+
+    def __init__(self, bdfs: dict[str, str]):
+        super().__init__()
+        self.bdfs = bdfs
+        self.devfds: set[int] = set()
+
+    def ioctl(self, fd: int, request: int, buf) -> int:
+        if request != uapi.VFIO_GROUP_GET_DEVICE_FD:
+            return super().ioctl(fd, request, buf)
+        if buf.value.decode() in self.bdfs:
+            buf = ctypes.create_string_buffer(self.bdfs[buf.value.decode()].encode())
+        devfd = super().ioctl(fd, request, buf)
+        self.fds.add(devfd)
+        self.devfds.add(devfd)
+        return devfd
+
+    def close(self, fd: int) -> None:
+        self.devfds.discard(fd)
+        super().close(fd)
+
+    def close_all(self) -> None:
+        # Device fds before their group's, as a VMM does: fd numbers are reused, so "newest
+        # first" can close a group while its device is open -- on 6.2.1 the next scenario's
+        # VFIO_GROUP_GET_DEVICE_FD on that group then failed with EPERM (docs/conformance.md).
+        for fd in sorted(self.devfds, reverse=True):
+            self.close(fd)
+        super().close_all()
+
+
 class RealMachine:
     """What Vmm needs of a machine (``machine=``), on the real kernel this runs on."""
 
     host = None
 
     def __init__(self, scenario, devices: list[dict], profile: str):
-        self.transport = RealTransport()
+        self.transport = GroupNamesTransport({d.name: devices[i]["bdf"]
+                                              for i, d in enumerate(scenario.system.devices)})
         self.profile = get_profile(profile)
         self.devices = {d.name: devices[i] for i, d in enumerate(scenario.system.devices)}
 
@@ -100,7 +137,7 @@ def run_scenario(item: dict, devices: list[dict], profile: str) -> dict:
                 continue
             result = vmm.apply(step)
             tracker.update(step, result)
-            pt = {name: sysfs.cc_of(sysfs.page_table(d["bdf"])) for name, d in machine.devices.items()}
+            pt = {name: sysfs.cc_of(sysfs.page_table(d["bdf"], unit=d["iommu"])) for name, d in machine.devices.items()}
             met = observe.expect_met(step, result, vmm.resolve, profile)
             out["steps"].append(observe.record(step, result, tracker, pt, met))
     except Exception:
@@ -206,7 +243,7 @@ def dma_probe(dev: dict, src_iova: int = 0x100000, dst_iova: int = 0x200000) -> 
         got = ctypes.string_at(dst, 4096)
         res["copied"] = got[:EDU_DMA_LEN] == pattern[:EDU_DMA_LEN]
         res["rest_untouched"] = got[EDU_DMA_LEN:] == bytes(4096 - EDU_DMA_LEN)
-        res["page_table"] = sysfs.cc_of(sysfs.page_table(dev["bdf"]))
+        res["page_table"] = sysfs.cc_of(sysfs.page_table(dev["bdf"], unit=dev["iommu"]))
         res["unmapped"] = ioas.unmap(dst_iova, 4096)
         ctypes.memset(dst, 0, 4096)
         edu_dma(vdev.fd, bar0.offset, EDU_BUF, dst_iova, EDU_DMA_LEN, to_pci=True)
@@ -236,11 +273,16 @@ def main(argv: list[str]) -> int:
     _emit({"kind": "env", "config": job.get("config"), "kernel": uname.release,
            "devices": devices, "units": sysfs.iommu_units(), "groups": sysfs.iommu_groups(),
            "intel_debugfs": os.path.isdir("/sys/kernel/debug/iommu/intel")})
-    if job.get("dma_probe") and devices:
+    # The DMA check and the README example go through cdevs: kernels before 6.6 have none (their
+    # scenarios take the group path, see runner.Vmm).
+    cdevs = bool(devices) and all(d["cdev"] for d in devices)
+    if job.get("dma_probe") and devices and cdevs:
         _emit(dma_probe(devices[0]))
-    if job.get("client_example") and len(devices) >= 2:
+    if job.get("client_example") and len(devices) >= 2 and cdevs:
         _emit(run_client_example(devices))
     profile = job.get("profile", "linux-6.12")
+    if "profile_def" in job:   # a profile file's profile: registered here, as the host's CLI did
+        register_profile(profile_from_json(job["profile_def"]))
     for item in job.get("scenarios", []):
         _emit(run_scenario(item, devices, profile))
     return 0

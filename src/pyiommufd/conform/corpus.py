@@ -14,11 +14,12 @@ Everything here is a list of ``Item(name, toml)``: the TOML text is what both si
 """
 from __future__ import annotations
 
-import json
 import random
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..tomlout import to_toml
 
 SCENARIO_DIR = Path(__file__).resolve().parents[1] / "scenarios"
 U64_MAX = (1 << 64) - 1
@@ -31,43 +32,6 @@ class Item:
     name: str
     toml: str
     source: str = ""
-
-
-# -- TOML out -------------------------------------------------------------------------------------
-def _value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return hex(v) if v > 0xFFFF else str(v)
-    if isinstance(v, str):
-        return json.dumps(v)   # a JSON string (ASCII, \uXXXX escapes) is a TOML basic string
-    if isinstance(v, list):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{_key(k)} = {_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(f"no TOML for {type(v).__name__}")
-
-
-def _key(k: str) -> str:
-    return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
-
-
-def to_toml(data: dict) -> str:
-    """A scenario dict as TOML (the subset scenarios use); ``tomllib.loads`` gives it back."""
-    lines = []
-    for k, v in data.items():
-        if not isinstance(v, (dict, list)) or (isinstance(v, list) and not (v and isinstance(v[0], dict))):
-            lines.append(f"{_key(k)} = {_value(v)}")
-    for k, v in data.items():
-        if isinstance(v, dict):
-            lines.append(f"\n[{_key(k)}]")
-            lines += [f"{_key(kk)} = {_value(vv)}" for kk, vv in v.items()]
-    for k, v in data.items():
-        if isinstance(v, list) and v and isinstance(v[0], dict):
-            for entry in v:
-                lines.append(f"\n[[{_key(k)}]]")
-                lines += [f"{_key(kk)} = {_value(vv)}" for kk, vv in entry.items()]
-    return "\n".join(lines) + "\n"
 
 
 # -- hand-written -----------------------------------------------------------------------------------

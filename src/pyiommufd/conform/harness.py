@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import IoctlError
 from . import observe
 from .corpus import Item
 
@@ -142,7 +143,7 @@ def run_emulated(item: Item, profile: str = PROFILE) -> dict:
 
 
 # -- the real side -----------------------------------------------------------------------------------------
-def emulated_client_example(config: Config) -> list[int]:
+def emulated_client_example(config: Config, profile: str = PROFILE) -> list[int]:
     """The README's client example on the emulator, on a system like the configuration's."""
     from ..client import emulated
     from ..system import DeviceDesc, System, Unit
@@ -150,15 +151,19 @@ def emulated_client_example(config: Config) -> list[int]:
     group = (lambda i: "bridge") if config.behind_bridge else (lambda i: f"g{i}")
     system = System(units=(Unit("dmar0", sc),), devices=tuple(DeviceDesc(n, "dmar0", group(i), cdev=i)
                                                              for i, n in enumerate(("gpu", "nic"))))
-    emu = emulated(system, PROFILE)
+    emu = emulated(system, profile)
     from .agent import client_example
     return client_example(emu.transport, [emu.cdev_path("gpu"), emu.cdev_path("nic")])
 
 
-def make_job(config: Config, items: list[Item], dma_probe: bool = True) -> dict:
-    return {"module": "pyiommufd.conform.agent", "mode": "scenarios", "config": config.name,
-            "profile": PROFILE, "dma_probe": dma_probe and config.n_devices > 0, "client_example": True,
-            "scenarios": [{"name": it.name, "toml": it.toml} for it in items]}
+def make_job(config: Config, items: list[Item], dma_probe: bool = True, profile: str = PROFILE) -> dict:
+    from ..profiles import BUILTIN_PROFILES, get_profile
+    job = {"module": "pyiommufd.conform.agent", "mode": "scenarios", "config": config.name,
+           "profile": profile, "dma_probe": dma_probe and config.n_devices > 0, "client_example": True,
+           "scenarios": [{"name": it.name, "toml": it.toml} for it in items]}
+    if profile not in BUILTIN_PROFILES:   # a profile file's: the guest registers the record itself
+        job["profile_def"] = get_profile(profile).to_json()
+    return job
 
 
 def parse_agent_output(text: str) -> dict:
@@ -178,10 +183,10 @@ def parse_agent_output(text: str) -> dict:
 
 
 def boot_config(config: Config, items: list[Item], *, kernel: Path, cache: Path | None, payload: Path,
-                dma_probe: bool = True, timeout: float | None = None) -> dict:
+                dma_probe: bool = True, timeout: float | None = None, profile: str = PROFILE) -> dict:
     from . import qemu
     from .build import build_initramfs
-    job = make_job(config, items, dma_probe)
+    job = make_job(config, items, dma_probe, profile)
     initramfs = build_initramfs(cache, payload, json.dumps(job))
     t = timeout if timeout is not None else 120 + 3.0 * len(items)
     try:
@@ -249,6 +254,17 @@ def compare(name: str, config: str, emu: dict, real: dict | None) -> Outcome:
     return Outcome(name, config, status, d, None, not_run, leaked)
 
 
+def profile_for_release(release: str) -> str:
+    """The built-in profile modelling a kernel release ("6.6.9", "6.8.0-rc3")."""
+    import re
+
+    from ..profiles import profile_for_kernel
+    m = re.match(r"\d+\.\d+(?:\.\d+)?", release)
+    if not m:
+        raise ValueError(f"kernel release {release!r} is not X.Y[.Z]")
+    return profile_for_kernel(m.group(0)).name
+
+
 def plan(items: list[Item], configs: list[Config]) -> tuple[dict[str, list[Item]], list[dict]]:
     """Which items run on which configuration; items that fit nowhere are listed with why."""
     per: dict[str, list[Item]] = {c.name: [] for c in configs}
@@ -275,14 +291,21 @@ def plan(items: list[Item], configs: list[Config]) -> tuple[dict[str, list[Item]
 
 def run_conformance(items: list[Item], configs: list[Config], *, cache: Path | None = None,
                     dma_probe: bool = True, jobs: int = 2, timeout: float | None = None,
-                    log=None, keep_runs: bool = False) -> dict:
-    """Build (or find) the kernel, boot each configuration once with every item that fits it,
-    run the same items on the emulator, compare.  Returns the JSON-able result."""
-    from .build import build_kernel
+                    log=None, keep_runs: bool = False, profile: str | None = None,
+                    source: Path | str | None = None) -> dict:
+    """Build (or find) the kernel of *source* (a tarball or tree; default Debian's 6.12), boot each
+    configuration once with every item that fits it, run the same items on the emulator under
+    *profile* (default: the one modelling the kernel's release), compare.  Returns the JSON-able
+    result."""
+    from .build import build
     log = log or (lambda msg: None)
     t0 = time.monotonic()
     per, unfit = plan(items, configs)
-    kernel = build_kernel(cache)
+    kb = build(cache, source)
+    kernel = kb.image
+    profile = profile or profile_for_release(kb.release)
+    log(f"Linux {kb.release} from {kb.source}; emulator profile {profile}"
+        + (f"; options this release lacks: {', '.join(kb.missing_options)}" if kb.missing_options else ""))
     t_kernel = time.monotonic() - t0
     payload = Path(__file__).resolve().parents[1]
     boots: dict[str, dict] = {}
@@ -292,7 +315,7 @@ def run_conformance(items: list[Item], configs: list[Config], *, cache: Path | N
         log(f"{c.name}: booting with {len(per[c.name])} scenarios")
         try:
             r = boot_config(c, per[c.name], kernel=kernel, cache=cache, payload=payload,
-                            dma_probe=dma_probe, timeout=timeout)
+                            dma_probe=dma_probe, timeout=timeout, profile=profile)
         except Exception as e:   # BootError, AgentError: the configuration reports nothing
             r = {"error": f"{type(e).__name__}: {e}", "scenarios": {}, "env": None, "dma": None}
         log(f"{c.name}: done in {r.get('seconds', '?')} s")
@@ -300,7 +323,7 @@ def run_conformance(items: list[Item], configs: list[Config], *, cache: Path | N
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = [pool.submit(boot, c) for c in active]
-        emu_runs = {it.name: run_emulated(it) for c in active for it in per[c.name]}
+        emu_runs = {it.name: run_emulated(it, profile) for c in active for it in per[c.name]}
         for f in futures:
             name, r = f.result()
             boots[name] = r
@@ -321,7 +344,10 @@ def run_conformance(items: list[Item], configs: list[Config], *, cache: Path | N
     for c in active:
         real_ex = boots[c.name].get("example")
         if real_ex is not None:
-            emu_ex = emulated_client_example(c)
+            try:
+                emu_ex = emulated_client_example(c, profile)
+            except IoctlError as e:   # e.g. a profile without cdevs: the emulator's answer, as data
+                emu_ex = f"{type(e).__name__}: {e}"
             example[c.name] = {"emulator": emu_ex, "real": real_ex.get("pts"), "error": real_ex.get("error"),
                                "agree": emu_ex == real_ex.get("pts")}
     # Expectations written in the scenario files that the real kernel contradicts.
@@ -333,7 +359,7 @@ def run_conformance(items: list[Item], configs: list[Config], *, cache: Path | N
     if keep_runs:   # both sides' step records, for debugging a difference
         extra["step_records"] = {c.name: {it.name: {"emulator": emu_runs[it.name], "real": boots[c.name]["scenarios"].get(it.name)}
                                   for it in per[c.name]} for c in active}
-    return {**extra, "profile": PROFILE, "configs": {c.name: c.summary for c in active},
+    return {**extra, "profile": profile, "kernel": kb.to_json(), "configs": {c.name: c.summary for c in active},
             "scenarios": len({o.scenario for o in outcomes}), "runs": len(outcomes),
             "summary": summary, "outcomes": [o.to_json() for o in outcomes], "unfit": unfit,
             "boots": {name: {k: b.get(k) for k in ("seconds", "rc", "error", "env")} for name, b in boots.items()},
@@ -358,6 +384,10 @@ def _cell(o: dict | None) -> str:
 
 def text_report(res: dict, *, all_rows: bool = True) -> str:
     configs = list(res["configs"])
+    k = res.get("kernel") or {}
+    head = [f"Linux {k.get('release', '?')} ({k.get('source', '?')}) against the emulator under {res.get('profile', '?')}"]
+    if k.get("missing_options"):
+        head.append(f"fragment options this release does not have: {', '.join(k['missing_options'])}")
     by = {(o["scenario"], o["config"]): o for o in res["outcomes"]}
     names = sorted({o["scenario"] for o in res["outcomes"]})
     w = max([len(n) for n in names] + [8])
@@ -392,4 +422,4 @@ def text_report(res: dict, *, all_rows: bool = True) -> str:
             d = o.get("diff") or {}
             lines.append(f"  {o['config']} {o['scenario']}: step {d.get('step')} {d.get('op') or ''} "
                          f"{d.get('field')}: emulator {d.get('emulator')!r} real {d.get('real')!r}"[:600])
-    return "\n".join(lines)
+    return "\n".join(head + [""] + lines)

@@ -53,18 +53,19 @@ class BootResult:
 
 def qemu_command(kernel: Path | str, initramfs: Path | str, *, snoop_control: bool | None,
                  n_devices: int, behind_bridge: bool, memory: str = "512M",
-                 qemu: str = QEMU) -> list[str]:
+                 qemu: str = QEMU, append: str = "") -> list[str]:
     """QEMU argv for one configuration.
 
     snoop_control None: no intel-iommu at all (for the iommufd selftest mock).  Otherwise the
     emulated VT-d's ECAP.SC follows it, so it decides whether every device is CC-capable (QEMU
     has one intel-iommu per VM).  Devices on the root bus get one iommu_group each; behind a
-    conventional pci-bridge they share the bridge's requester id, hence one group."""
+    conventional pci-bridge they share the bridge's requester id, hence one group.  append:
+    more kernel parameters (e.g. ``hugepages=128`` for the selftest)."""
     if n_devices < 0:
         raise ValueError("n_devices must be >= 0")
     cmd = [qemu, "-accel", "tcg", "-cpu", "max", "-machine", "q35", "-m", memory,
            "-nographic", "-no-reboot", "-nic", "none",
-           "-kernel", str(kernel), "-initrd", str(initramfs), "-append", CMDLINE]
+           "-kernel", str(kernel), "-initrd", str(initramfs), "-append", f"{CMDLINE} {append}".strip()]
     if snoop_control is not None:
         # intel-iommu must come before the devices it translates for.
         cmd += ["-device", "intel-iommu,intremap=on,caching-mode=on,snoop-control="
@@ -103,14 +104,14 @@ def parse_console(console: str) -> tuple[str, str, int]:
 
 def run(kernel: Path | str, initramfs: Path | str, *, snoop_control: bool | None,
         n_devices: int, behind_bridge: bool, timeout: float = 120.0,
-        qemu: str = QEMU) -> BootResult:
+        qemu: str = QEMU, append: str = "", memory: str = "512M") -> BootResult:
     """Boot once and return everything the agent reported.  Raises BootError on timeout, QEMU
     failure or missing markers, AgentError if the agent failed and printed nothing."""
     if not shutil.which(qemu):
         raise BootError(f"{qemu} not found: apt-get install qemu-system-x86 "
                         "(or run src/pyiommufd/conform/install-deps.sh)")
     cmd = qemu_command(kernel, initramfs, snoop_control=snoop_control, n_devices=n_devices,
-                       behind_bridge=behind_bridge, qemu=qemu)
+                       behind_bridge=behind_bridge, qemu=qemu, append=append, memory=memory)
     t0 = time.monotonic()
     deadline = t0 + timeout
     buf = bytearray()

@@ -46,7 +46,9 @@ def pci_devices(root: str = "/") -> list[dict]:
     for bdf in sorted(os.listdir(base)) if os.path.isdir(base) else []:
         d = os.path.join(base, bdf)
         vfio_dev = os.path.join(d, "vfio-dev")
-        cdevs = sorted(os.listdir(vfio_dev)) if os.path.isdir(vfio_dev) else []
+        # 6.1-6.5 already list vfio-dev/vfioN in sysfs, but only 6.6+ has the char device
+        cdevs = [c for c in (sorted(os.listdir(vfio_dev)) if os.path.isdir(vfio_dev) else [])
+                 if os.path.exists(_p(root, f"/dev/vfio/devices/{c}"))]
         out.append({"bdf": bdf, "vendor": read(os.path.join(d, "vendor")), "device": read(os.path.join(d, "device")),
                     "driver": _link_name(os.path.join(d, "driver")),
                     "iommu_group": _link_name(os.path.join(d, "iommu_group")),
@@ -56,8 +58,10 @@ def pci_devices(root: str = "/") -> list[dict]:
 
 
 def edu_devices(root: str = "/") -> list[dict]:
-    """QEMU edu devices bound to vfio-pci (with a cdev), sorted by BDF."""
-    return [d for d in pci_devices(root) if (d["vendor"], d["device"]) == EDU and d["cdev"]]
+    """QEMU edu devices bound to vfio-pci, sorted by BDF (with a cdev from 6.6; before, only
+    their group's /dev/vfio/N)."""
+    return [d for d in pci_devices(root) if (d["vendor"], d["device"]) == EDU
+            and (d["cdev"] or d["driver"] == "vfio-pci")]
 
 
 def iommu_units(root: str = "/") -> list[dict]:
@@ -110,8 +114,14 @@ def parse_page_table(text: str | None) -> tuple[int, list[bool]] | None:
     return (pages, sorted(snp)) if pages else None
 
 
-def page_table(bdf: str, root: str = "/") -> tuple[int, list[bool]] | None:
-    return parse_page_table(read(_p(root, f"/sys/kernel/debug/iommu/intel/{bdf}/domain_translation_struct")))
+def page_table(bdf: str, root: str = "/", unit: str | None = None) -> tuple[int, list[bool]] | None:
+    """The device's page table from its debugfs dump (6.12); on releases without one, walked in
+    RAM through /dev/mem (devmem.py) when the device's remapping *unit* is given."""
+    text = read(_p(root, f"/sys/kernel/debug/iommu/intel/{bdf}/domain_translation_struct"))
+    if text is None and unit and root == "/" and os.path.isdir("/sys/kernel/debug/iommu/intel"):
+        from .devmem import page_table as walk
+        return walk(bdf, unit)
+    return parse_page_table(text)
 
 
 def cc_of(pt: tuple[int, list[bool]] | None) -> list | None:

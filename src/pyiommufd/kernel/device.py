@@ -16,7 +16,8 @@ from __future__ import annotations
 import errno
 
 from .. import uapi
-from . import iommu
+from . import fault, iommu
+from .drivers.mock import MockDev
 from .err import KernelErr
 from .hw_pagetable import HwptPaging, abort_paging, enforce_cc, fill, hwpt_put, is_paging, paging_alloc
 from .main import OBJ_DEVICE, OBJ_HWPT_NESTED, OBJ_HWPT_PAGING, OBJ_IOAS, IommufdCtx, Obj
@@ -26,28 +27,31 @@ class IGroup:
     """struct iommufd_group: per ctx and iommu_group, the HWPT the group is in and the
     bound devices attached through it (device_list)."""
 
-    __slots__ = ("group", "hwpt", "devices")
+    __slots__ = ("group", "hwpt", "devices", "handle")
 
     def __init__(self, group):
         self.group = group
         self.hwpt = None
         self.devices: list = []
+        self.handle = None   # the attach handle's device (iommufd_attach_handle->idev), 6.12
 
     def snapshot(self):
-        return (self.hwpt.id if self.hwpt else None, tuple(d.id for d in self.devices))
+        return (self.hwpt.id if self.hwpt else None, tuple(d.id for d in self.devices),
+                self.handle.id if self.handle is not None else None)
 
 
 class Device(Obj):
     """struct iommufd_device.  ``enforce_cc`` is fixed at bind:
     device_iommu_capable(dev, IOMMU_CAP_ENFORCE_CACHE_COHERENCY) (iommufd_device_bind)."""
 
-    __slots__ = ("dev", "igroup", "enforce_cc")
+    __slots__ = ("dev", "igroup", "enforce_cc", "iopf_enabled")
 
     def __init__(self, dev, igroup: IGroup, enforce_cc: bool):
         super().__init__(OBJ_DEVICE)
         self.dev = dev
         self.igroup = igroup
         self.enforce_cc = enforce_cc
+        self.iopf_enabled = 0   # idev->iopf_enabled (fault.c)
 
     @property
     def attached(self) -> bool:
@@ -59,31 +63,35 @@ class Device(Obj):
         if not any(isinstance(o, Device) and o.igroup is self.igroup for o in ctx.objects.values()):
             if not self.igroup.devices and self.igroup.hwpt is None:
                 ctx.groups.pop(self.igroup.group.name, None)
-        ctx.host.put_ctx(ctx)   # pairs with iommufd_ctx_get in device_bind
+        if not isinstance(self.dev, MockDev):
+            ctx.host.put_ctx(ctx)   # pairs with iommufd_ctx_get in device_bind
 
     def snapshot(self):
-        return (self.dev.name, self.igroup.group.name, self.enforce_cc)
+        return (self.dev.name, self.igroup.group.name, self.enforce_cc, self.iopf_enabled)
 
 
 # -- bind / unbind ------------------------------------------------------------------
 def device_bind(ctx: IommufdCtx, dev) -> Device:
     """iommufd_device_bind: claim DMA ownership of the group for this ctx, make the DEVICE."""
     host = ctx.host
-    group = host.groups[dev.group]
+    if host.driver_of(dev) is None:   # device_iommu_capable(IOMMU_CAP_CACHE_COHERENCY) without an IOMMU
+        raise KernelErr(errno.EINVAL, f"{dev.name} has no IOMMU (no driver probed it)")
+    group = host.group_of(dev)
     iommu.claim_dma_owner(group, ctx.fd)
     igroup = ctx.groups.get(group.name)
     new_igroup = igroup is None
     if new_igroup:
         igroup = IGroup(group)
     try:
-        idev = ctx.alloc(Device(dev, igroup, host.driver.capable_enforce_cc(dev)))
+        idev = ctx.alloc(Device(dev, igroup, host.driver_of(dev).capable_enforce_cc(dev)))
     except KernelErr:
         iommu.release_dma_owner(group)
         raise
     idev.users += 1  # the calling driver is a user until device_unbind
     if new_igroup:
         ctx.groups[group.name] = igroup
-    ctx.refs += 1    # iommufd_ctx_get: the ctx outlives its fd while a device is bound (Device.destroy)
+    if not isinstance(dev, MockDev):   # iommufd_selftest_is_mock_dev: no ctx reference
+        ctx.refs += 1    # iommufd_ctx_get: the ctx outlives its fd while a device is bound (Device.destroy)
     ctx.finalize(idev)
     return idev
 
@@ -101,7 +109,7 @@ def _reserve(ctx, hwpt: HwptPaging, devs) -> None:
     try:
         for d in devs:
             ctx.host.fallible("reserved regions")
-            for start, last, _ in ctx.host.driver.resv_regions(d.dev):
+            for start, last, _ in ctx.host.driver_of(d.dev).resv_regions(d.dev):
                 hwpt.ioas.iopt.reserve(start, last, d.dev.name)
             done.append(d)
     except KernelErr:
@@ -124,17 +132,22 @@ def hw_pagetable_attach(ctx: IommufdCtx, hwpt, idev: Device) -> None:
         _reserve(ctx, paging, [idev])
     first = (igroup.hwpt is not hwpt) if p.era == "E1" else not igroup.devices
     if first:
+        if hwpt.fault is not None:   # iommufd_hwpt_attach_device (6.11+)
+            fault.iopf_enable(idev)
         try:
             iommu.attach_group(host, hwpt.domain, igroup.group)
         except KernelErr:
+            if hwpt.fault is not None:
+                fault.iopf_disable(idev)
             if paging is not None:
                 paging.ioas.iopt.remove_reserved(idev.dev.name)
             raise
+        igroup.handle = idev
         # E1 only: iopt_table_add_domain at first attach (6.2.1).  From 6.6 the caller
         # (iommufd_hwpt_paging_alloc) adds the domain after the immediate attach.
         if paging is not None and p.era == "E1" and not paging.filled:
             try:
-                fill(paging)
+                fill(paging, host)
             except KernelErr:
                 iommu.detach_group(host, igroup.group)
                 paging.ioas.iopt.remove_reserved(idev.dev.name)
@@ -151,8 +164,12 @@ def hw_pagetable_detach(ctx: IommufdCtx, idev: Device):
     hwpt = igroup.hwpt
     igroup.devices.remove(idev)
     if not igroup.devices:
-        iommu.detach_group(ctx.host, igroup.group)
+        iommu.detach_group(ctx.host, igroup.group)   # iommufd_hwpt_detach_device
+        if hwpt.fault is not None:
+            fault.auto_response(hwpt, igroup.handle)
+            fault.iopf_disable(idev)
         igroup.hwpt = None
+        igroup.handle = None
     if is_paging(hwpt):
         hwpt.ioas.iopt.remove_reserved(idev.dev.name)
     return hwpt
@@ -181,13 +198,23 @@ def do_replace(ctx: IommufdCtx, idev: Device, hwpt):
     new_ioas = paging is not None and (old_paging is None or old_paging.ioas is not paging.ioas)
     if new_ioas:
         _reserve(ctx, paging, igroup.devices)
+    iopf_on = hwpt.fault is not None and old.fault is None   # iommufd_hwpt_replace_device (6.11+)
+    if iopf_on:
+        fault.iopf_enable(idev)
     try:
         iommu.replace_group_domain(host, igroup.group, hwpt.domain)
     except KernelErr:
+        if iopf_on:
+            fault.iopf_disable(idev)
         if new_ioas:
             for d in igroup.devices:
                 paging.ioas.iopt.remove_reserved(d.dev.name)
         raise
+    if old.fault is not None:
+        fault.auto_response(old, igroup.handle)
+        if hwpt.fault is None:
+            fault.iopf_disable(idev)
+    igroup.handle = idev
     if old_paging is not None and (paging is None or paging.ioas is not old_paging.ioas):
         for d in igroup.devices:
             old_paging.ioas.iopt.remove_reserved(d.dev.name)
@@ -272,12 +299,14 @@ def get_hw_info(ctx: IommufdCtx, cmd, mem) -> None:
     if cmd.flags or reserved:
         raise KernelErr(errno.EOPNOTSUPP, "non-zero flags or __reserved")
     idev = ctx.get(cmd.dev_id, OBJ_DEVICE)
-    dtype, data = ctx.host.driver.hw_info(idev.dev)
+    driver = ctx.host.driver_of(idev.dev)
+    dtype, data = driver.hw_info(idev.dev)
     copy_len = min(cmd.data_len, len(data))
     if cmd.data_len:
         mem.write(cmd.data_uptr, data[:copy_len] + bytes(cmd.data_len - copy_len))
     cmd.data_len = len(data)
     cmd.out_data_type = dtype
+    if hasattr(cmd, "out_max_pasid_log2"):
+        cmd.out_max_pasid_log2 = 0   # no device here enables PASID (dev->iommu->max_pasids 0)
     if hasattr(cmd, "out_capabilities"):
-        unit = ctx.host.units[idev.dev.unit]
-        cmd.out_capabilities = uapi.IOMMU_HW_CAP_DIRTY_TRACKING if unit.dirty_tracking else 0
+        cmd.out_capabilities = uapi.IOMMU_HW_CAP_DIRTY_TRACKING if driver.capable_dirty_tracking(idev.dev) else 0

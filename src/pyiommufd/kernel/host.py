@@ -14,13 +14,15 @@ import errno
 
 from .. import uapi
 from ..errors import EmulationGap
+from ..profiles import release_tuple
 from . import device as idevice
-from . import hw_pagetable, ioas, kvm as kvmmod, vfio
+from . import fault, fault_inject, hw_pagetable, ioas, kvm as kvmmod, selftest, selftest_pages, vfio, vfio_compat  # noqa: F401 (selftest_pages registers its ops)
 from .drivers import DRIVERS
+from .drivers.mock import MockDev, MockDriver
 from .drivers.base import Domain
 from .err import KernelErr
 from .iommu import IommuGroup
-from .main import IommufdCtx
+from .main import IommufdCtx, iommufd_option
 
 # First release of each iommufd command (nr -> (introduced, handler or None = not modelled)).
 _IOMMUFD_OPS = {
@@ -30,6 +32,7 @@ _IOMMUFD_OPS = {
     uapi.IOMMUFD_CMD_HWPT_ALLOC: "6.6", uapi.IOMMUFD_CMD_GET_HW_INFO: "6.6",
     uapi.IOMMUFD_CMD_HWPT_SET_DIRTY_TRACKING: "6.7", uapi.IOMMUFD_CMD_HWPT_GET_DIRTY_BITMAP: "6.7",
     uapi.IOMMUFD_CMD_HWPT_INVALIDATE: "6.8", uapi.IOMMUFD_CMD_FAULT_QUEUE_ALLOC: "6.11",
+    uapi.IOMMUFD_CMD_TEST: "6.2",   # CONFIG_IOMMUFD_TEST: every conformance kernel has it
 }
 _MIN_FIELD_FIRST_VERSION = {  # IOCTL_OP(..., _last): min_size = offsetofend of this field
     uapi.IOMMUFD_CMD_DESTROY: (uapi.iommu_destroy, "id"),
@@ -39,11 +42,31 @@ _MIN_FIELD_FIRST_VERSION = {  # IOCTL_OP(..., _last): min_size = offsetofend of 
     uapi.IOMMUFD_CMD_VFIO_IOAS: (uapi.iommu_vfio_ioas, "__reserved"),
     uapi.IOMMUFD_CMD_HWPT_ALLOC: (uapi.iommu_hwpt_alloc_v6_6, "__reserved"),
     uapi.IOMMUFD_CMD_GET_HW_INFO: (uapi.iommu_hw_info_v6_6, "__reserved"),
+    uapi.IOMMUFD_CMD_TEST: (uapi.iommu_test_cmd, "last"),
+    uapi.IOMMUFD_CMD_HWPT_SET_DIRTY_TRACKING: (uapi.iommu_hwpt_set_dirty_tracking, "__reserved"),
+    uapi.IOMMUFD_CMD_HWPT_GET_DIRTY_BITMAP: (uapi.iommu_hwpt_get_dirty_bitmap, "data"),
+    uapi.IOMMUFD_CMD_HWPT_INVALIDATE: (uapi.iommu_hwpt_invalidate, "__reserved"),
+    uapi.IOMMUFD_CMD_FAULT_QUEUE_ALLOC: (uapi.iommu_fault_alloc, "out_fault_fd"),
+    uapi.IOMMUFD_CMD_IOAS_IOVA_RANGES: (uapi.iommu_ioas_iova_ranges, "out_iova_alignment"),
+    uapi.IOMMUFD_CMD_IOAS_ALLOW_IOVAS: (uapi.iommu_ioas_allow_iovas, "allowed_iovas"),
+    uapi.IOMMUFD_CMD_IOAS_COPY: (uapi.iommu_ioas_copy, "src_iova"),
+    uapi.IOMMUFD_CMD_OPTION: (uapi.iommu_option, "val64"),
 }
 
+# How the caller's ioctl argument reaches Host.ioctl (``pyiommufd emulate``'s server builds
+# ``buf`` by these rules; in-process callers do the same):
+#  * ARG_IS_VALUE: the kernel uses ``arg`` itself as a number (VFIO_SET_IOMMU and
+#    VFIO_CHECK_EXTENSION on an iommufd, VFIO_GET_API_VERSION ignores it): ``buf`` holds the
+#    8-byte little-endian value of arg.
+#  * ARGSZ_MINSZ: VFIO type1 requests whose struct starts with ``__u32 argsz``: ``buf`` is the
+#    caller's memory at arg, max(argsz, minsz) bytes (the kernel copies minsz in, and
+#    VFIO_IOMMU_GET_INFO writes its capability chain anywhere below argsz).
+#  * iommufd commands: ``buf`` is the struct at arg, ``size`` bytes (its first u32).
+ARG_IS_VALUE = frozenset({uapi.VFIO_GET_API_VERSION, uapi.VFIO_CHECK_EXTENSION, uapi.VFIO_SET_IOMMU})
+ARGSZ_MINSZ = vfio_compat.ARGSZ_MINSZ
 
-def _version(v: str | None) -> tuple[int, int]:
-    return tuple(int(x) for x in (v or "99.99").split(".")[:2])
+
+_version = release_tuple
 
 
 def _destroy(ctx, cmd) -> None:
@@ -57,6 +80,34 @@ def _get_hw_info(ctx, cmd) -> None:
 _OP_TABLES: dict[tuple, dict] = {}
 
 
+def _iommufd_handlers(profile) -> dict:
+    """iommufd command nr -> (handler, kernel struct) for every command the emulator models, with
+    the struct layouts of this profile's kernel (whether the kernel has the command is
+    _IOMMUFD_OPS's business)."""
+    handlers = {uapi.IOMMUFD_CMD_DESTROY: (_destroy, uapi.iommu_destroy),
+                uapi.IOMMUFD_CMD_IOAS_ALLOC: (ioas.ioas_alloc, uapi.iommu_ioas_alloc),
+                uapi.IOMMUFD_CMD_IOAS_MAP: (ioas.ioas_map, uapi.iommu_ioas_map),
+                uapi.IOMMUFD_CMD_IOAS_UNMAP: (ioas.ioas_unmap, uapi.iommu_ioas_unmap),
+                uapi.IOMMUFD_CMD_VFIO_IOAS: (ioas.vfio_ioas, uapi.iommu_vfio_ioas),
+                uapi.IOMMUFD_CMD_TEST: (selftest.iommufd_test, uapi.iommu_test_cmd),
+                uapi.IOMMUFD_CMD_HWPT_SET_DIRTY_TRACKING: (hw_pagetable.hwpt_set_dirty_tracking,
+                                                          uapi.iommu_hwpt_set_dirty_tracking),
+                uapi.IOMMUFD_CMD_HWPT_GET_DIRTY_BITMAP: (hw_pagetable.hwpt_get_dirty_bitmap,
+                                                        uapi.iommu_hwpt_get_dirty_bitmap),
+                uapi.IOMMUFD_CMD_HWPT_INVALIDATE: (hw_pagetable.hwpt_invalidate, uapi.iommu_hwpt_invalidate),
+                uapi.IOMMUFD_CMD_FAULT_QUEUE_ALLOC: (fault.fault_alloc, uapi.iommu_fault_alloc),
+                uapi.IOMMUFD_CMD_IOAS_IOVA_RANGES: (ioas.ioas_iova_ranges, uapi.iommu_ioas_iova_ranges),
+                uapi.IOMMUFD_CMD_IOAS_ALLOW_IOVAS: (ioas.ioas_allow_iovas, uapi.iommu_ioas_allow_iovas),
+                uapi.IOMMUFD_CMD_IOAS_COPY: (ioas.ioas_copy, uapi.iommu_ioas_copy),
+                uapi.IOMMUFD_CMD_OPTION: (iommufd_option, uapi.iommu_option)}
+    if profile.hwpt_alloc is not None:
+        handlers[uapi.IOMMUFD_CMD_HWPT_ALLOC] = (hw_pagetable.hwpt_alloc,
+                                                 uapi.HWPT_ALLOC_LAYOUTS[profile.hwpt_alloc])
+    if profile.hw_info is not None:
+        handlers[uapi.IOMMUFD_CMD_GET_HW_INFO] = (_get_hw_info, uapi.HW_INFO_LAYOUTS[profile.hw_info])
+    return handlers
+
+
 def _iommufd_op_table(profile) -> dict:
     """request -> (handler, kernel struct, min_size, struct size) for every iommufd command this
     profile's kernel knows and the emulator models (what ``_iommufd_ioctl_checked`` works out per
@@ -64,16 +115,7 @@ def _iommufd_op_table(profile) -> dict:
     key = (profile.kernel, profile.hwpt_alloc, profile.hw_info)
     table = _OP_TABLES.get(key)
     if table is None:
-        handlers = {uapi.IOMMUFD_CMD_DESTROY: (_destroy, uapi.iommu_destroy),
-                    uapi.IOMMUFD_CMD_IOAS_ALLOC: (ioas.ioas_alloc, uapi.iommu_ioas_alloc),
-                    uapi.IOMMUFD_CMD_IOAS_MAP: (ioas.ioas_map, uapi.iommu_ioas_map),
-                    uapi.IOMMUFD_CMD_IOAS_UNMAP: (ioas.ioas_unmap, uapi.iommu_ioas_unmap),
-                    uapi.IOMMUFD_CMD_VFIO_IOAS: (ioas.vfio_ioas, uapi.iommu_vfio_ioas)}
-        if profile.hwpt_alloc is not None:
-            handlers[uapi.IOMMUFD_CMD_HWPT_ALLOC] = (hw_pagetable.hwpt_alloc,
-                                                     uapi.HWPT_ALLOC_LAYOUTS[profile.hwpt_alloc])
-        if profile.hw_info is not None:
-            handlers[uapi.IOMMUFD_CMD_GET_HW_INFO] = (_get_hw_info, uapi.HW_INFO_LAYOUTS[profile.hw_info])
+        handlers = _iommufd_handlers(profile)
         kernel = _version(profile.kernel)
         table = {}
         for nr, (handler, kstruct) in handlers.items():
@@ -112,6 +154,11 @@ class UserMemory:
 
     __slots__ = ("maps", "pages", "next_addr")
     LIMIT = 1 << 47            # the x86-64 user address space
+    alive = True               # kernel/pages.py memory protocol: the one in-process address space
+
+    @property
+    def mm_key(self):
+        return self
 
     def __init__(self):
         self.maps: dict[int, int] = {}            # base -> length
@@ -126,6 +173,10 @@ class UserMemory:
         self.maps[addr] = size
         self.next_addr += size + 4096             # a guard page between mappings
         return addr
+
+    def probe(self, addr: int, length: int) -> None:
+        """Is [addr, addr+length) mapped?  KernelErr(EFAULT) if not (pin_user_pages without data)."""
+        self._check(addr, length)
 
     def _check(self, addr: int, length: int) -> None:
         if not any(base <= addr and addr + length <= base + size for base, size in self.maps.items()):
@@ -176,6 +227,16 @@ class Host:
         self.devices = {d.name: vfio.PhysDevice(d) for d in system.devices}
         self.groups = {g: IommuGroup(g, [d.name for d in system.devices if d.group == g]) for g in system.groups}
         self.driver = DRIVERS[system.iommu](self)
+        # The selftest mock IOMMU (CONFIG_IOMMUFD_TEST) drives the devices IOMMU_TEST_OP_MOCK_DOMAIN
+        # makes; it is the system's driver on a mock system.  A device without a fwspec is probed
+        # by the first IOMMU registered without a fwnode (__iommu_probe_device,
+        # iommu_fwspec_ops(NULL)): Intel and AMD register so at boot, before the selftest, and
+        # their probe_device refuses the non-PCI mock device -- no IOMMU for it (None), as the
+        # conformance VM shows (the mock only probes without intel-iommu).  SMMUv3 and
+        # virtio-iommu register with a fwnode and leave mock devices to the mock.
+        self.mock_driver = (self.driver if system.iommu == "mock" else
+                            None if system.iommu in ("intel", "amd") else MockDriver(self))
+        self.mock_devs: dict[str, MockDev] = {}   # name -> mock device (selftest.c mock_dev_create)
         self.files: dict[int, object] = {}     # fd -> open file
         self.ctxs: dict[int, IommufdCtx] = {}  # fd -> iommufd ctx (also in files)
         self.kvm = kvmmod.Kvm() if system.kvm else None
@@ -185,17 +246,41 @@ class Host:
         self.domain_serial = 0
         self.fail_nth = 0      # fail the Nth fallible step (0: never), as iommufd_fail_nth does
         self.fallible_count = 0
+        # Kernel configuration and caller privileges the model consults (SPEC.md section 12):
+        self.thp = False               # CONFIG_TRANSPARENT_HUGEPAGE: iopt_alloc_iova aligns up to 2 MiB
+        self.cap_ipc_lock = True       # root: pinned pages are not charged to RLIMIT_MEMLOCK
+        self.cap_sys_resource = True   # root: IOMMU_OPTION_RLIMIT_MODE may be set
+        self.test_memory_limit = 65536  # selftest.c iommufd_test_memory_limit (module-wide)
+        self.task = 0          # the calling task (pyiommufd emulate: its pid; in-process: 0)
+        self.task_fail_nth: dict[int, int] = {}   # task->fail_nth (kernel/fault_inject.py)
 
     # -- bookkeeping ---------------------------------------------------------------
     def new_domain(self, driver: str, **kw) -> Domain:
         self.domain_serial += 1
         return Domain(driver, self.domain_serial, **kw)
 
-    def fallible(self, what: str) -> None:
-        """A step that can fail in the kernel (allocation, reserved regions): fail-nth hook."""
+    def fallible(self, what: str, err: int = errno.ENOMEM) -> None:
+        """A step that can fail in the kernel (allocation, reserved regions, an
+        iommufd_should_fail() site): fail-nth hook; ``err`` is what that site returns."""
         self.fallible_count += 1
         if self.fail_nth and self.fallible_count == self.fail_nth:
-            raise KernelErr(errno.ENOMEM, f"fail-nth: injected failure at {what}")
+            raise KernelErr(err, f"fail-nth: injected failure at {what}")
+
+    def driver_of(self, dev):
+        """dev_iommu_ops(dev): the mock driver for a mock device, else the system's IOMMU."""
+        return self.mock_driver if isinstance(dev, MockDev) else self.driver
+
+    def driver_of_domain(self, domain):
+        """domain->ops: the driver that allocated ``domain``."""
+        return self.mock_driver if domain.driver == "mock" else self.driver
+
+    def group_of(self, dev) -> IommuGroup:
+        """dev->iommu_group."""
+        return dev.iommu_group if isinstance(dev, MockDev) else self.groups[dev.group]
+
+    def device_named(self, name: str):
+        dev = self.devices.get(name)
+        return dev if dev is not None else self.mock_devs[name]
 
     def clone(self) -> "Host":
         return copy.deepcopy(self)
@@ -227,12 +312,25 @@ class Host:
 
     # -- files -----------------------------------------------------------------------
     def open(self, path: str) -> int:
-        if path == "/dev/iommu":
+        if path in ("/dev/iommu", "/dev/vfio/vfio"):
+            # iommufd_fops_open (main.c, 6.2.1 and 6.12.117): with CONFIG_IOMMUFD_VFIO_CONTAINER (the
+            # conformance kernels) iommufd also provides /dev/vfio/vfio, a ctx that accounts pinned
+            # pages as VFIO does (IOPT_PAGES_ACCOUNT_MM) and takes the VFIO container ioctls
             fd = self._new_fd()
             ctx = IommufdCtx(self, fd)
+            if path == "/dev/vfio/vfio":
+                from .pages import ACCOUNT_MM
+                ctx.account_mode = ACCOUNT_MM
             ctx.refs = 1
             self.ctxs[fd] = ctx
             self.files[fd] = ctx
+            return fd
+        m = fault_inject.PATH.match(path)
+        if m:   # /proc/<pid>/task/<tid>/fail-nth: the caller's (a task is a process here)
+            f = fault_inject.FailNthFile(self.task)
+            f.refs = 1
+            fd = self._new_fd()
+            self.files[fd] = f
             return fd
         if path.startswith("/dev/vfio/devices/vfio"):
             if not self.profile.vfio_cdev:
@@ -297,31 +395,37 @@ class Host:
                 vfio.physical_unbind(self, f.dev)
         elif f.kind == "group-device":
             vfio.physical_unbind(self, f.dev)
+        elif hasattr(f, "release"):   # file_operations.release of other emulated files
+            f.release(self)
         if self.kvm is not None and f.kind in ("cdev", "group", "group-device"):
             kvmmod.update_coherency(self, self.kvm)
 
-    def read(self, fd: int, count: int) -> bytes:
-        """read(2) on an emulated file: the file's ``read(host, count)`` (fault queues, 6.11+);
-        files without one answer EINVAL, as iommufd_fops and vfio_device_fops without .read do."""
+    def _file_op(self, fd: int, op: str):
+        """The open file's ``op`` method; EBADF for a closed fd, EINVAL for a file without one
+        (vfs_read / vfs_write on file_operations without .read / .write: iommufd_fops, vfio's)."""
         f = self.files.get(fd)
         if f is None:
             raise KernelErr(errno.EBADF, f"fd {fd} is not open")
-        if not hasattr(f, "read"):
-            raise KernelErr(errno.EINVAL, "this file has no read")
-        return f.read(self, count)
+        fn = getattr(f, op, None)
+        if fn is None:
+            raise KernelErr(errno.EINVAL, f"this file has no {op}")
+        return fn
+
+    def read(self, fd: int, count: int) -> bytes:
+        """read(2) on an emulated file: the file's ``read(host, count)`` (fault queues, fail-nth)."""
+        return self._file_op(fd, "read")(self, count)
 
     def write(self, fd: int, data: bytes) -> int:
-        """write(2) on an emulated file: the file's ``write(host, data)``, else EINVAL."""
-        f = self.files.get(fd)
-        if f is None:
-            raise KernelErr(errno.EBADF, f"fd {fd} is not open")
-        if not hasattr(f, "write"):
-            raise KernelErr(errno.EINVAL, "this file has no write")
-        return f.write(self, data)
+        """write(2) on an emulated file: the file's ``write(host, data)``."""
+        return self._file_op(fd, "write")(self, data)
 
     # -- ioctl -------------------------------------------------------------------------
     def ioctl(self, fd: int, request: int, buf) -> int:
-        """Decode ``buf`` (a writable buffer: ctypes struct or bytearray) as the kernel would."""
+        """Decode ``buf`` (a writable buffer: ctypes struct or bytearray) as the kernel would.
+        Returns the ioctl's value (VFIO_CHECK_EXTENSION answers through it).  For requests in
+        ARG_IS_VALUE the kernel uses the argument as a number: ``buf`` then holds it as 8
+        little-endian bytes; VFIO type1 requests (ARGSZ_MINSZ) pass max(argsz, minsz) bytes of
+        the caller's struct."""
         f = self.files.get(fd)
         if f is None:
             raise KernelErr(errno.EBADF, f"fd {fd} is not open")
@@ -352,7 +456,12 @@ class Host:
             cmd, n = kstruct.from_buffer_copy(mv), ksize
         else:
             cmd, n = kstruct.from_buffer_copy(bytes(mv[:user_size]) + bytes(ksize - user_size)), user_size
-        handler(ctx, cmd)
+        try:
+            handler(ctx, cmd)
+        except KernelErr as e:
+            if e.respond:   # the handler responded, then failed (IOAS_IOVA_RANGES' EMSGSIZE)
+                mv[:n] = memoryview(cmd).cast("B")[:n]
+            raise
         mv[:n] = memoryview(cmd).cast("B")[:n]   # iommufd_ucmd_respond: min(user_size, struct size)
         return 0
 
@@ -362,8 +471,10 @@ class Host:
         nr = uapi.ioc_nr(request)
         intro = _IOMMUFD_OPS.get(nr)
         kernel = _version(self.profile.kernel)
+        if nr < uapi.IOMMUFD_CMD_BASE or nr > uapi.IOMMUFD_CMD_TEST:
+            return vfio_compat.vfio_ioctl(ctx, request, buf)   # iommufd_vfio_ioctl
         if intro is None or _version(intro) > kernel:
-            raise KernelErr(errno.ENOTTY, "unknown iommufd ioctl for this kernel")   # -> iommufd_vfio_ioctl
+            raise KernelErr(errno.ENOTTY, "unknown iommufd ioctl for this kernel")
         if request != uapi._IO(uapi.IOMMUFD_TYPE, nr):
             raise KernelErr(errno.ENOTTY, "request number has direction/size bits")   # -ENOIOCTLCMD
         mv = memoryview(buf).cast("B")
@@ -381,27 +492,20 @@ class Host:
             raise KernelErr(errno.E2BIG, "non-zero bytes past the kernel's struct")
         n = min(user_size, ksize)
         cmd = kstruct.from_buffer_copy(bytes(mv[:n]) + bytes(ksize - n))
-        handler(ctx, cmd)
+        try:
+            handler(ctx, cmd)
+        except KernelErr as e:
+            if e.respond:
+                mv[:n] = bytes(cmd)[:n]
+            raise
         mv[:n] = bytes(cmd)[:n]   # iommufd_ucmd_respond: min(user_size, struct size)
         return 0
 
     def _iommufd_handler(self, nr: int):
-        p = self.profile
-        if nr == uapi.IOMMUFD_CMD_DESTROY:
-            return (lambda ctx, cmd: ctx.remove(cmd.id)), uapi.iommu_destroy
-        if nr == uapi.IOMMUFD_CMD_IOAS_ALLOC:
-            return ioas.ioas_alloc, uapi.iommu_ioas_alloc
-        if nr == uapi.IOMMUFD_CMD_IOAS_MAP:
-            return ioas.ioas_map, uapi.iommu_ioas_map
-        if nr == uapi.IOMMUFD_CMD_IOAS_UNMAP:
-            return ioas.ioas_unmap, uapi.iommu_ioas_unmap
-        if nr == uapi.IOMMUFD_CMD_VFIO_IOAS:
-            return ioas.vfio_ioas, uapi.iommu_vfio_ioas
-        if nr == uapi.IOMMUFD_CMD_HWPT_ALLOC:
-            return hw_pagetable.hwpt_alloc, uapi.HWPT_ALLOC_LAYOUTS[p.hwpt_alloc]
-        if nr == uapi.IOMMUFD_CMD_GET_HW_INFO:
-            return (lambda ctx, cmd: idevice.get_hw_info(ctx, cmd, self.mem)), uapi.HW_INFO_LAYOUTS[p.hw_info]
-        raise EmulationGap(f"{uapi.request_name(uapi._IO(uapi.IOMMUFD_TYPE, nr))} is not modelled by the emulator")
+        handler = _iommufd_handlers(self.profile).get(nr)
+        if handler is None:
+            raise EmulationGap(f"{uapi.request_name(uapi._IO(uapi.IOMMUFD_TYPE, nr))} is not modelled by the emulator")
+        return handler
 
     def _cdev_ioctl(self, f, request: int, buf) -> int:
         """vfio_device_fops_unl_ioctl: BIND first; anything else needs access_granted (EINVAL)."""
@@ -488,4 +592,5 @@ class Host:
                 tuple(d.snapshot() for d in self.devices.values()),
                 tuple(g.snapshot() for g in self.groups.values()),
                 tuple(sorted(domains.items())),
-                self.kvm.snapshot() if self.kvm else None)
+                self.kvm.snapshot() if self.kvm else None,
+                tuple(m.snapshot() for m in self.mock_devs.values()))

@@ -11,6 +11,9 @@ import errno
 from .err import KernelErr
 
 OBJ_DEVICE, OBJ_HWPT_PAGING, OBJ_HWPT_NESTED, OBJ_IOAS = "device", "hwpt_paging", "hwpt_nested", "ioas"
+OBJ_ACCESS = "access"
+OBJ_SELFTEST = "selftest"   # IOMMUFD_OBJ_SELFTEST (CONFIG_IOMMUFD_TEST)
+OBJ_FAULT = "fault"         # IOMMUFD_OBJ_FAULT (IOMMU_FAULT_QUEUE_ALLOC, 6.11)
 
 
 class Obj:
@@ -25,7 +28,7 @@ class Obj:
 
 
 class IommufdCtx:
-    __slots__ = ("host", "fd", "objects", "building", "groups", "vfio_ioas", "refs")
+    __slots__ = ("host", "fd", "objects", "building", "groups", "vfio_ioas", "refs", "account_mode")
 
     def __init__(self, host, fd: int):
         self.host = host
@@ -35,6 +38,7 @@ class IommufdCtx:
         self.groups: dict[str, object] = {} # iommufd_group per iommu_group (6.6+: ictx->groups)
         self.vfio_ioas = None               # the VFIO compat IOAS (IOMMU_VFIO_IOAS)
         self.refs = 1                       # the fd, each bound device, each VFIO group using it (host.put_ctx)
+        self.account_mode = 0               # ictx->account_mode, kzalloc'd: IOPT_PAGES_ACCOUNT_NONE until RLIMIT_MODE
 
     # -- object table -----------------------------------------------------------
     def alloc(self, obj: Obj) -> Obj:
@@ -101,4 +105,46 @@ class IommufdCtx:
         return (self.fd, tuple(sorted((i, o.type, o.users, o.snapshot()) for i, o in self.objects.items())),
                 tuple(sorted(self.building)),
                 tuple(sorted((k, g.snapshot()) for k, g in self.groups.items())),
-                self.vfio_ioas.id if self.vfio_ioas else None)
+                self.vfio_ioas.id if self.vfio_ioas else None, self.account_mode)
+
+
+def option_rlimit_mode(ctx: IommufdCtx, cmd) -> None:
+    """iommufd_option_rlimit_mode (ioas.c, 6.12.117): global (object_id != 0 -> EOPNOTSUPP);
+    GET -> 1 iff IOPT_PAGES_ACCOUNT_MM; SET needs CAP_SYS_RESOURCE (EPERM; the emulated caller
+    has it unless ``host.cap_sys_resource`` is False) and an empty object table (EBUSY):
+    0 -> per-user accounting, 1 -> per-mm (VFIO's), else EINVAL."""
+    from .. import uapi
+    from .pages import ACCOUNT_MM, ACCOUNT_USER
+    if cmd.object_id:
+        raise KernelErr(errno.EOPNOTSUPP, "RLIMIT_MODE is global: object_id must be 0")
+    if cmd.op == uapi.IOMMU_OPTION_OP_GET:
+        cmd.val64 = int(ctx.account_mode == ACCOUNT_MM)
+        return
+    if cmd.op != uapi.IOMMU_OPTION_OP_SET:
+        raise KernelErr(errno.EOPNOTSUPP, f"unknown option op {cmd.op}")
+    if not getattr(ctx.host, "cap_sys_resource", True):
+        raise KernelErr(errno.EPERM, "RLIMIT_MODE needs CAP_SYS_RESOURCE")
+    if ctx.objects or ctx.building:
+        raise KernelErr(errno.EBUSY, "RLIMIT_MODE can only change while the iommufd has no objects")
+    if cmd.val64 == 0:
+        ctx.account_mode = ACCOUNT_USER
+    elif cmd.val64 == 1:
+        ctx.account_mode = ACCOUNT_MM
+    else:
+        raise KernelErr(errno.EINVAL, f"RLIMIT_MODE takes 0 or 1, not {cmd.val64}")
+
+
+def iommufd_option(ctx: IommufdCtx, cmd) -> None:
+    """IOMMU_OPTION: iommufd_option (main.c): __reserved -> EOPNOTSUPP; RLIMIT_MODE (global) or
+    HUGE_PAGES (per IOAS); unknown option -> EOPNOTSUPP.  Only val64 is copied back (the
+    ioctl layer writes the struct back; the other fields come back unchanged)."""
+    from .. import uapi
+    from .ioas import ioas_option
+    if getattr(cmd, "__reserved"):
+        raise KernelErr(errno.EOPNOTSUPP, "non-zero __reserved")
+    if cmd.option_id == uapi.IOMMU_OPTION_RLIMIT_MODE:
+        option_rlimit_mode(ctx, cmd)
+    elif cmd.option_id == uapi.IOMMU_OPTION_HUGE_PAGES:
+        ioas_option(ctx, cmd)
+    else:
+        raise KernelErr(errno.EOPNOTSUPP, f"unknown option {cmd.option_id}")

@@ -32,6 +32,12 @@ def bench_report(res: dict, console: Console) -> None:
                   f"({em['real_ioctl']['ioctl']}): x{em['emulated_vs_real_ioctl']}")
     small, large = ms["live"]
     t.add_row(f"map+unmap, {small:,} live mappings", f"{ms['us_per_op'][str(small)]} us per op")
+    if res.get("emulate"):
+        x = res["emulate"]
+        t.add_row("ioctl from C through pyiommufd emulate (IOAS_ALLOC + DESTROY)",
+                  f"{x['c_ioctls_per_s']:,}/s: {x['c_us_per_ioctl']} us per ioctl (wall)")
+        t.add_row("  the same through the in-process client", f"{x['in_process_us_per_ioctl']} us per ioctl: "
+                  f"C path x{x['ratio_c_vs_in_process']}")
     t.add_row(f"map+unmap, {large:,} live mappings", f"{ms['us_per_op'][str(large)]} us per op "
               f"(ratio {ms['ratio']})")
     console.print(t)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 
+from ...errors import EmulationGap
 from ..err import KernelErr
 
 RESV_MSI = "msi"        # IOMMU_RESV_MSI: hardware MSI window
@@ -20,7 +21,7 @@ class Domain:
 
     __slots__ = ("driver", "kind", "enforce_cc", "set_pte_snp", "has_mappings", "first_level",
                  "nest_parent", "parent", "dirty_tracking", "devices", "ptes", "upgraded_over",
-                 "min_page_size", "serial", "aperture_end")
+                 "min_page_size", "serial", "aperture_start", "aperture_end", "gaw", "max_addr")
 
     def __init__(self, driver: str, serial: int, *, kind: str = "paging", first_level: bool = False,
                  nest_parent: bool = False, parent: "Domain | None" = None, dirty_tracking: bool = False):
@@ -38,15 +39,33 @@ class Domain:
         self.ptes: dict[int, tuple[int, bool]] = {}  # iova -> (last, snoop bit written)
         self.upgraded_over: tuple[str, ...] = ()     # non-SC devices attached when CC was switched on
         self.min_page_size = 4096
+        self.aperture_start = 0            # domain->geometry.aperture_start
         self.aperture_end = (1 << 64) - 1  # domain->geometry.aperture_end (ULONG_MAX: no limit)
+        self.gaw: int | None = None        # Intel: dmar_domain->gaw; None for other drivers
+        self.max_addr = 0                  # Intel: dmar_domain->max_addr (end of the highest map)
 
     def map(self, start: int, last: int, prot: int) -> None:
-        """iommu_map of one area: IOPTEs written now carry the snoop bit iff set_pte_snp."""
+        """iommu_map of one area: IOPTEs written now carry the snoop bit iff set_pte_snp.
+        The driver's ``check_map`` has accepted it first."""
         self.ptes[start] = (last, self.set_pte_snp)
         self.has_mappings = True
+        if self.gaw is not None:   # intel_iommu_map: max_addr follows the highest mapped end
+            self.max_addr = max(self.max_addr, last + 1)
 
     def unmap(self, start: int, last: int) -> None:
+        """intel_iommu_unmap lowers max_addr only when the range unmapped ends at it (to the
+        range's start; the kernel unmaps an area in batches, so there the start of the last
+        batch: the same for a one-page area)."""
         self.ptes.pop(start, None)
+        if self.gaw is not None and self.max_addr == last + 1:
+            self.max_addr = start
+
+    def split(self, start: int, iova: int) -> None:
+        """iopt_area_split leaves the IOPTEs alone: the model's entry for the area starting at
+        ``start`` becomes two, at ``iova`` | ``iova + 1``, with the same snoop bit."""
+        last, snp = self.ptes.pop(start)
+        self.ptes[start] = (iova, snp)
+        self.ptes[iova + 1] = (last, snp)
 
     def pte_at(self, iova: int):
         for start, (last, snp) in self.ptes.items():
@@ -63,7 +82,8 @@ class Domain:
     def snapshot(self):
         return (self.serial, self.driver, self.kind, self.enforce_cc, self.set_pte_snp, self.has_mappings,
                 self.first_level, self.nest_parent, self.parent.serial if self.parent else None,
-                self.dirty_tracking, tuple(self.devices), tuple(sorted(self.ptes.items())), self.upgraded_over)
+                self.dirty_tracking, tuple(self.devices), tuple(sorted(self.ptes.items())), self.upgraded_over,
+                self.gaw, self.max_addr, self.aperture_end)
 
 
 class Driver:
@@ -82,8 +102,11 @@ class Driver:
     def capable_enforce_cc(self, dev) -> bool:
         return False
 
-    def domain_alloc(self, dev, flags: int = 0, parent: Domain | None = None, nested_data: bool = False) -> Domain:
-        if flags or parent is not None or nested_data:
+    def domain_alloc(self, dev, flags: int = 0, parent: Domain | None = None, nested_data: bool = False,
+                     user_data=None) -> Domain:
+        """ops->domain_alloc_user (or iommu_paging_domain_alloc); ``user_data`` is
+        (data_type, the bytes copied from the user) or None."""
+        if flags or parent is not None or nested_data or user_data is not None:
             raise KernelErr(errno.EOPNOTSUPP, f"{self.name}: no domain_alloc_user")
         return self.host.new_domain(self.name)
 
@@ -95,8 +118,19 @@ class Driver:
     def enforce_cache_coherency(self, domain: Domain) -> bool | None:
         return None
 
+    def cache_invalidate_user(self, domain: Domain, array) -> None:
+        """domain->ops->cache_invalidate_user of a nested domain (IOMMU_HWPT_INVALIDATE)."""
+        raise EmulationGap(f"cache_invalidate_user of {self.name} nested domains is not modelled")
+
+    def capable_dirty_tracking(self, dev) -> bool:
+        """device_iommu_capable(dev, IOMMU_CAP_DIRTY_TRACKING): the unit's SSADS (Intel)."""
+        return self.host.units[dev.unit].dirty_tracking
+
     def attach_dev(self, domain: Domain, dev) -> None:
         """Driver attach: raise KernelErr to refuse (EINVAL = incompatible)."""
+
+    def check_map(self, domain: Domain, start: int, last: int, prot: int) -> None:
+        """ops->map_pages refusing a mapping (raise KernelErr) before ``domain.map`` records it."""
 
     def resv_regions(self, dev) -> list[tuple[int, int, str]]:
         return []

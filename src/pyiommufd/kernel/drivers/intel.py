@@ -15,6 +15,7 @@ QEMU_ECAP_SC_OFF = 0xF00F4A
 QEMU_CAP = 0x00D2008C22260286  # the cap_reg value QEMU 7.2 gives for aw-bits=39 (checked by conformance)
 
 MSI_WINDOW = (0xFEE00000, 0xFEEFFFFF)  # IOAPIC_RANGE_START..END, intel_iommu_get_resv_regions
+DEFAULT_DOMAIN_ADDRESS_WIDTH = 57      # intel/iommu.c; md_domain_init's width up to 6.11
 
 
 @functools.cache
@@ -42,13 +43,16 @@ class IntelDriver(Driver):
     def has_domain_alloc_user(self) -> bool:
         return self.profile.hwpt_alloc is not None
 
-    def domain_alloc(self, dev, flags: int = 0, parent: Domain | None = None, nested_data: bool = False) -> Domain:
+    def domain_alloc(self, dev, flags: int = 0, parent: Domain | None = None, nested_data: bool = False,
+                     user_data=None) -> Domain:
         """intel_iommu_domain_alloc_user (6.12.117): NEST_PARENT needs nested translation and
         DIRTY_TRACKING needs SSADS on the unit; QEMU's legacy-mode VT-d has neither (EOPNOTSUPP,
         observed).  A nested domain (intel_nested_domain_alloc) takes a stage-1 table on a
         NEST_PARENT stage-2 domain."""
         unit = self._unit(dev)
         if parent is not None:
+            if user_data is not None and user_data.type != uapi.IOMMU_HWPT_DATA_VTD_S1:
+                raise KernelErr(errno.EOPNOTSUPP, "intel: nested data must be IOMMU_HWPT_DATA_VTD_S1")
             if not nested_data:
                 raise KernelErr(errno.EOPNOTSUPP, "nested domain needs VTD_S1 data")
             dom = self.host.new_domain(self.name, kind="nested", parent=parent, first_level=True)
@@ -62,10 +66,38 @@ class IntelDriver(Driver):
         dom = self.host.new_domain(self.name, first_level=self.host.system.intel_page_table == "first-level",
                                    nest_parent=bool(flags & uapi.IOMMU_HWPT_ALLOC_NEST_PARENT),
                                    dirty_tracking=bool(flags & uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING))
-        # paging_domain_alloc: geometry.aperture_end = __DOMAIN_MAX_ADDR(gaw) for second-level
-        # tables, __DOMAIN_MAX_ADDR(gaw - 1) for first-level ones (canonical addresses).
-        dom.aperture_end = (1 << (domain_address_width(QEMU_CAP) - (1 if dom.first_level else 0))) - 1
+        if self.profile.intel_aperture_at_alloc:
+            # 6.12.117 paging_domain_alloc: gaw and max_addr from the unit; the aperture as
+            # domain_update_iommu_cap sets it.
+            dom.gaw = domain_address_width(QEMU_CAP)
+            dom.max_addr = (1 << dom.gaw) - 1
+            self._set_aperture(dom)
+        else:
+            # Up to 6.11 (v6.2.1, v6.6.9, v6.6.87, v6.8 intel_iommu_domain_alloc, which 6.8's
+            # domain_alloc_user calls): md_domain_init(DEFAULT_DOMAIN_ADDRESS_WIDTH) and
+            # aperture_end = __DOMAIN_MAX_ADDR(57) whatever the unit; it narrows at attach.
+            dom.gaw = DEFAULT_DOMAIN_ADDRESS_WIDTH
+            dom.aperture_end = (1 << DEFAULT_DOMAIN_ADDRESS_WIDTH) - 1
         return dom
+
+    @staticmethod
+    def _set_aperture(dom: Domain) -> None:
+        """domain_update_iommu_cap: geometry.aperture_end = __DOMAIN_MAX_ADDR(gaw) for second-level
+        tables, __DOMAIN_MAX_ADDR(gaw - 1) for first-level ones (canonical addresses)."""
+        dom.aperture_end = (1 << (dom.gaw - (1 if dom.first_level else 0))) - 1
+
+    def check_map(self, domain: Domain, start: int, last: int, prot: int) -> None:
+        """intel_iommu_map (v6.2.1, v6.6.9, v6.8, 6.12.117): a mapping ending past 2^gaw -> EFAULT
+        (reachable only where the IOAS's reservation came from a wider aperture: a domain filled
+        before its first attach, up to 6.11); then __domain_mapping: neither DMA_PTE_READ nor
+        DMA_PTE_WRITE -> EINVAL.  ``prot`` holds the IOAS_MAP READABLE/WRITEABLE bits."""
+        if domain.kind != "paging":
+            return
+        if last + 1 > domain.max_addr and last + 1 > 1 << domain.gaw:
+            raise KernelErr(errno.EFAULT, f"intel: iommu width ({domain.gaw}) is not sufficient for "
+                                          f"the mapped address ({last + 1:#x})")
+        if not prot & (uapi.IOMMU_IOAS_MAP_READABLE | uapi.IOMMU_IOAS_MAP_WRITEABLE):
+            raise KernelErr(errno.EINVAL, "intel: __domain_mapping refuses a PTE without read or write")
 
     def enforce_cache_coherency(self, domain: Domain) -> bool:
         """intel_iommu_enforce_cache_coherency.
@@ -90,7 +122,11 @@ class IntelDriver(Driver):
         return True
 
     def attach_dev(self, domain: Domain, dev) -> None:
-        """prepare_domain_attach_device: force_snooping on a unit without SC -> EINVAL.
+        """prepare_domain_attach_device (v6.2.1, v6.6.9, v6.6.87, v6.8, 6.12.117): force_snooping
+        on a unit without SC -> EINVAL; a dirty-tracking domain on a unit without SSADS -> EINVAL;
+        max_addr above 1 << the unit's width -> EINVAL, else gaw becomes that width, and
+        dmar_domain_attach_device -> domain_attach_iommu -> domain_update_iommu_cap narrows the
+        aperture (the io_pagetable keeps what it reserved when the domain was added).
         A nested domain is checked against its stage-2 parent (intel_nested_attach_dev)."""
         target = domain.parent if domain.kind == "nested" else domain
         if (self.profile.intel_driver_checks and target.enforce_cc
@@ -98,6 +134,14 @@ class IntelDriver(Driver):
             raise KernelErr(errno.EINVAL, f"{dev.name}: domain enforces snooping, {dev.unit} lacks Snoop Control")
         if domain.dirty_tracking and not self._unit(dev).dirty_tracking:
             raise KernelErr(errno.EINVAL, f"{dev.name}: dirty tracking domain, {dev.unit} lacks SSADS")
+        if domain.kind != "paging":
+            return
+        width = domain_address_width(QEMU_CAP)
+        if domain.max_addr > 1 << width:
+            raise KernelErr(errno.EINVAL, f"{dev.name}: domain maps up to {domain.max_addr:#x}, "
+                                          f"{dev.unit} translates {width} bits")
+        domain.gaw = width
+        self._set_aperture(domain)
 
     def resv_regions(self, dev):
         return [(MSI_WINDOW[0], MSI_WINDOW[1], RESV_MSI)]
