@@ -15,17 +15,11 @@ import subprocess
 import sys
 import tempfile
 
-from ..errors import EnvironmentMissing, ScenarioError
+from ..errors import ScenarioError
 from ..kernel.host import Host
 from ..system import System
 from .build import interposer
 from .server import Server
-
-
-def system_from_file(path: str):
-    """--system FILE: a scenario file, or one with only its [system] and [[devices]] tables."""
-    from ..scenario import load_system
-    return load_system(path)
 
 
 def device_paths(system: System, profile) -> tuple[dict[str, str], list[str]]:
@@ -104,4 +98,4 @@ def run(cmd: list[str], system: System, profile, *, trace: str | None = None, re
     return 128 - rc if rc < 0 else rc
 
 
-__all__ = ["run", "system_from_file", "device_paths", "EnvironmentMissing"]
+__all__ = ["run", "device_paths"]

@@ -43,8 +43,6 @@ enum {
 #define PREFETCH 256
 #define FDMAX 65536
 
-static int (*r_open)(const char *, int, ...);
-static int (*r_open64)(const char *, int, ...);
 static int (*r_openat)(int, const char *, int, ...);
 static int (*r_openat64)(int, const char *, int, ...);
 static int (*r_close)(int);
@@ -78,7 +76,7 @@ static __thread unsigned *proved;
 
 static void resolve_all(void)
 {
-	RESOLVE(open); RESOLVE(open64); RESOLVE(openat); RESOLVE(openat64); RESOLVE(close);
+	RESOLVE(openat); RESOLVE(openat64); RESOLVE(close);
 	RESOLVE(ioctl); RESOLVE(dup); RESOLVE(dup2); RESOLVE(dup3); RESOLVE(fcntl);
 	RESOLVE(read); RESOLVE(write); RESOLVE(access); RESOLVE(faccessat);
 	RESOLVE(stat); RESOLVE(lstat); RESOLVE(fstat); RESOLVE(fstatat); RESOLVE(mmap);
@@ -405,26 +403,17 @@ static int emu_open(const char *path, int flags)
 	mode_t mode = 0; \
 	if ((flags) & (O_CREAT | __O_TMPFILE)) { va_list ap; va_start(ap, flags); mode = va_arg(ap, mode_t); va_end(ap); }
 
+/* open(path) is openat(AT_FDCWD, path): one place decides what is emulated */
 int open(const char *path, int flags, ...)
 {
 	OPEN_MODE(flags);
-	if (is_emulated_path(path))
-		return emu_open(path, flags);
-	RESOLVE(open);
-	if (is_fault_knob(AT_FDCWD, path))
-		return r_open("/dev/null", (flags & O_CLOEXEC) | O_WRONLY);
-	return r_open(path, flags, mode);
+	return openat(AT_FDCWD, path, flags, mode);
 }
 
 int open64(const char *path, int flags, ...)
 {
 	OPEN_MODE(flags);
-	if (is_emulated_path(path))
-		return emu_open(path, flags);
-	RESOLVE(open64);
-	if (is_fault_knob(AT_FDCWD, path))
-		return r_open64("/dev/null", (flags & O_CLOEXEC) | O_WRONLY);
-	return r_open64(path, flags, mode);
+	return openat64(AT_FDCWD, path, flags, mode);
 }
 
 int openat(int dirfd, const char *path, int flags, ...)
