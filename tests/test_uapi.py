@@ -82,3 +82,40 @@ def test_iommu_test_cmd_union_offsets():
     c, un = uapi.iommu_test_cmd, uapi._iommu_test_cmd_union
     assert c.u.offset + un.dirty.offset + uapi._test_dirty.out_nr_dirty.offset == 56
     assert c.u.offset + un.trigger_iopf.offset + uapi._test_trigger_iopf.addr.offset == 32
+
+
+# -- uapi.Layout: the client's struct.Struct builds agree byte for byte with the ctypes structs --
+def _client_layouts():
+    from pyiommufd import client
+    return {n: v for n, v in vars(client).items() if isinstance(v, uapi.Layout)}
+
+
+def test_client_layouts_pack_as_ctypes_does():
+    layouts = _client_layouts()
+    assert {"_MAP", "_UNMAP", "_HWPT_ALLOC", "_ATTACH", "_BIND", "_DETACH", "_DESTROY", "_IOAS_ALLOC"} <= set(layouts)
+    for name, lay in layouts.items():
+        values = [0x10 + i for i in range(len(lay.names))]
+        head = lay.cls._fields_[0][0]
+        want = bytes(lay.cls(**dict(zip(lay.names, values)), **{head: ctypes.sizeof(lay.cls)}))
+        assert bytes(lay.pack(*values)) == want, name
+        for field, value in zip(lay.names, values):
+            assert lay.reader(field)(bytearray(want)) == value, (name, field)
+
+
+def test_layout_wraps_and_refuses_as_a_ctypes_field_does():
+    lay = uapi.Layout(uapi.iommu_ioas_map, "flags", "ioas_id", "user_va", "length", "iova")
+    wrapped = lay.pack(1 << 32 | 7, -1, -1, 1 << 64 | 3, 0)
+    assert bytes(wrapped) == bytes(uapi.iommu_ioas_map(size=40, flags=1 << 32 | 7, ioas_id=-1, user_va=-1,
+                                                       length=1 << 64 | 3))
+    assert lay.reader("flags")(wrapped) == 7 and lay.reader("length")(wrapped) == 3
+    with pytest.raises(TypeError):
+        lay.pack(0, 1, 2, 1.5, 0)
+    bind = uapi.Layout(uapi.vfio_device_bind_iommufd, "iommufd")
+    assert bind.reader("iommufd")(bind.pack(-3)) == -3   # __s32
+
+
+def test_layout_refuses_fields_out_of_order_or_a_struct_without_size():
+    with pytest.raises(ValueError):
+        uapi.Layout(uapi.iommu_ioas_map, "iova", "flags")
+    with pytest.raises(ValueError):
+        uapi.Layout(uapi.iommu_iova_range, "start")

@@ -33,6 +33,28 @@ def _new(cls, **fields):
     return cls(**fields, **header)
 
 
+# The hot ioctls build their struct as bytes (uapi.Layout: a precompiled struct.Struct of the
+# same layout, several times cheaper than a ctypes instance) and read the answer back from them.
+_IOAS_ALLOC = uapi.Layout(uapi.iommu_ioas_alloc)
+_IOAS_ALLOC_ID = _IOAS_ALLOC.reader("out_ioas_id")
+_DESTROY = uapi.Layout(uapi.iommu_destroy, "id")
+_HWPT_ALLOC = uapi.Layout(uapi.iommu_hwpt_alloc, "flags", "dev_id", "pt_id", "data_type", "data_len", "data_uptr")
+_HWPT_ALLOC_ID = _HWPT_ALLOC.reader("out_hwpt_id")
+_OPTION = uapi.Layout(uapi.iommu_option, "option_id", "op", "object_id", "val64")
+_OPTION_VAL64 = _OPTION.reader("val64")
+_VFIO_IOAS = uapi.Layout(uapi.iommu_vfio_ioas, "ioas_id", "op")
+_VFIO_IOAS_ID = _VFIO_IOAS.reader("ioas_id")
+_MAP = uapi.Layout(uapi.iommu_ioas_map, "flags", "ioas_id", "user_va", "length", "iova")
+_MAP_IOVA = _MAP.reader("iova")
+_UNMAP = uapi.Layout(uapi.iommu_ioas_unmap, "ioas_id", "iova", "length")
+_UNMAP_LENGTH = _UNMAP.reader("length")
+_BIND = uapi.Layout(uapi.vfio_device_bind_iommufd, "iommufd")
+_BIND_DEVID = _BIND.reader("out_devid")
+_ATTACH = uapi.Layout(uapi.vfio_device_attach_iommufd_pt, "pt_id")
+_ATTACH_PT = _ATTACH.reader("pt_id")
+_DETACH = uapi.Layout(uapi.vfio_device_detach_iommufd_pt)
+
+
 class Iommufd:
     """An open /dev/iommu: one iommufd_ctx."""
 
@@ -57,25 +79,29 @@ class Iommufd:
         return self.fd
 
     def ioctl(self, request: int, struct) -> int:
-        return self.transport.ioctl(self._fd(), request, struct)
+        fd = self.fd
+        if fd is None:
+            raise StateError("iommufd is closed (required: open)")
+        return self.transport.ioctl(fd, request, struct)
 
     def ioas_alloc(self) -> "Ioas":
-        cmd = _new(uapi.iommu_ioas_alloc)
+        cmd = _IOAS_ALLOC.pack()
         self.ioctl(uapi.IOMMU_IOAS_ALLOC, cmd)
-        return Ioas(self, cmd.out_ioas_id)
+        return Ioas(self, _IOAS_ALLOC_ID(cmd))
 
     def destroy(self, obj_id: int) -> None:
-        self.ioctl(uapi.IOMMU_DESTROY, _new(uapi.iommu_destroy, id=obj_id))
+        self.ioctl(uapi.IOMMU_DESTROY, _DESTROY.pack(obj_id))
 
     def hwpt_alloc(self, dev_id: int, pt_id: int, flags: int = 0, data_type: int = 0,
                    data: bytes | None = None) -> int:
         """IOMMU_HWPT_ALLOC; returns the new HWPT id."""
-        cmd = _new(uapi.iommu_hwpt_alloc, flags=flags, dev_id=dev_id, pt_id=pt_id, data_type=data_type)
         if data:
-            buf = ctypes.create_string_buffer(bytes(data), len(data))
-            cmd.data_len, cmd.data_uptr = len(data), ctypes.addressof(buf)
+            buf = ctypes.create_string_buffer(bytes(data), len(data))   # alive until the ioctl returns
+            cmd = _HWPT_ALLOC.pack(flags, dev_id, pt_id, data_type, len(data), ctypes.addressof(buf))
+        else:
+            cmd = _HWPT_ALLOC.pack(flags, dev_id, pt_id, data_type, 0, 0)
         self.ioctl(uapi.IOMMU_HWPT_ALLOC, cmd)
-        return cmd.out_hwpt_id
+        return _HWPT_ALLOC_ID(cmd)
 
     def hw_info(self, dev_id: int, data_len: int = ctypes.sizeof(uapi.iommu_hw_info_vtd)) -> "HwInfo":
         """IOMMU_GET_HW_INFO; Intel data is decoded into cap/ecap and snoop_control."""
@@ -86,15 +112,15 @@ class Iommufd:
         return HwInfo(cmd.out_data_type, raw, cmd.out_capabilities, cmd.data_len)
 
     def vfio_ioas(self, op: int, ioas_id: int = 0) -> int:
-        cmd = _new(uapi.iommu_vfio_ioas, ioas_id=ioas_id, op=op)
+        cmd = _VFIO_IOAS.pack(ioas_id, op)
         self.ioctl(uapi.IOMMU_VFIO_IOAS, cmd)
-        return cmd.ioas_id
+        return _VFIO_IOAS_ID(cmd)
 
     def option(self, option_id: int, op: int, val64: int = 0, object_id: int = 0) -> int:
         """IOMMU_OPTION; returns val64 as the kernel left it (the value, for OP_GET)."""
-        cmd = _new(uapi.iommu_option, option_id=option_id, op=op, val64=val64, object_id=object_id)
+        cmd = _OPTION.pack(option_id, op, object_id, val64)
         self.ioctl(uapi.IOMMU_OPTION, cmd)
-        return cmd.val64
+        return _OPTION_VAL64(cmd)
 
 
 def _read_user(transport, addr: int, length: int) -> bytes:
@@ -147,16 +173,15 @@ class Ioas:
             flags = ((uapi.IOMMU_IOAS_MAP_FIXED_IOVA if iova is not None else 0)
                      | (uapi.IOMMU_IOAS_MAP_READABLE if readable else 0)
                      | (uapi.IOMMU_IOAS_MAP_WRITEABLE if writeable else 0))
-        cmd = _new(uapi.iommu_ioas_map, flags=flags, ioas_id=self.id, user_va=user_va, length=length,
-                   iova=iova or 0)
+        cmd = _MAP.pack(flags, self.id, user_va, length, iova or 0)
         self.iommufd.ioctl(uapi.IOMMU_IOAS_MAP, cmd)
-        return cmd.iova
+        return _MAP_IOVA(cmd)
 
     def unmap(self, iova: int, length: int) -> int:
         """IOMMU_IOAS_UNMAP; returns the bytes unmapped (iova 0, length U64_MAX: everything)."""
-        cmd = _new(uapi.iommu_ioas_unmap, ioas_id=self.id, iova=iova, length=length)
+        cmd = _UNMAP.pack(self.id, iova, length)
         self.iommufd.ioctl(uapi.IOMMU_IOAS_UNMAP, cmd)
-        return cmd.length
+        return _UNMAP_LENGTH(cmd)
 
     def copy_from(self, src: "Ioas", src_iova: int, length: int, iova: int | None = None, *,
                   readable: bool = True, writeable: bool = True) -> int:
@@ -225,22 +250,22 @@ class VfioDevice:
         return self.fd
 
     def bind(self, iommufd: Iommufd) -> int:
-        cmd = _new(uapi.vfio_device_bind_iommufd, iommufd=iommufd._fd())
+        cmd = _BIND.pack(iommufd._fd())
         self.transport.ioctl(self._fd(), uapi.VFIO_DEVICE_BIND_IOMMUFD, cmd)
-        self.dev_id = cmd.out_devid
+        self.dev_id = _BIND_DEVID(cmd)
         return self.dev_id
 
     def attach(self, pt_id: int) -> int:
         """VFIO_DEVICE_ATTACH_IOMMUFD_PT: an IOAS id runs the kernel's auto-domain search,
         a HWPT id attaches there; on an attached device this is a replace.  Returns the pt id used."""
-        cmd = _new(uapi.vfio_device_attach_iommufd_pt, pt_id=pt_id)
+        cmd = _ATTACH.pack(pt_id)
         self.transport.ioctl(self._fd(), uapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT, cmd)
-        return cmd.pt_id
+        return _ATTACH_PT(cmd)
 
     replace = attach
 
     def detach(self) -> None:
-        self.transport.ioctl(self._fd(), uapi.VFIO_DEVICE_DETACH_IOMMUFD_PT, _new(uapi.vfio_device_detach_iommufd_pt))
+        self.transport.ioctl(self._fd(), uapi.VFIO_DEVICE_DETACH_IOMMUFD_PT, _DETACH.pack())
 
     def close(self) -> None:
         """Closing the cdev unbinds the device (detaching it first)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import errno as _errno
+import struct
 
 u8, u16, u32, s32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_int32, ctypes.c_uint64
 
@@ -169,6 +170,51 @@ def offsetofend(cls: type[ctypes.Structure], field: str) -> int:
     """offsetofend() of include/linux/stddef.h."""
     f = getattr(cls, field)
     return f.offset + f.size
+
+
+_STRUCT_CODES = {u8: "B", u16: "H", u32: "I", s32: "i", u64: "Q"}
+
+
+class Layout:
+    """A uAPI struct as a precompiled ``struct.Struct``, for callers that build and read the
+    bytes themselves (the client's hot ioctls): ``pack(*values)`` gives a bytearray of
+    ``sizeof(cls)`` bytes with the leading ``size``/``argsz`` set to that size, ``fields`` in
+    the order given (struct order) and every other byte zero; ``reader(name)`` reads one field
+    back from such a buffer.  Offsets and sizes come from the ctypes class: one layout."""
+
+    __slots__ = ("cls", "size", "names", "_st")
+
+    def __init__(self, cls: type[ctypes.Structure], *fields: str):
+        self.cls, self.size, self.names = cls, ctypes.sizeof(cls), fields
+        head, head_type = cls._fields_[0]
+        if head not in ("size", "argsz") or head_type is not u32:
+            raise ValueError(f"{cls.__name__} does not start with a u32 size/argsz")
+        fmt, pos = "<I", 4
+        for name in fields:
+            f, ctype = getattr(cls, name), dict(cls._fields_)[name]
+            if f.offset < pos:
+                raise ValueError(f"{cls.__name__}.{name}: fields must be given in struct order")
+            fmt += f"{f.offset - pos}x" if f.offset > pos else ""
+            fmt += _STRUCT_CODES[ctype]
+            pos = f.offset + f.size
+        fmt += f"{self.size - pos}x" if self.size > pos else ""
+        self._st = struct.Struct(fmt)
+
+    def pack(self, *values) -> bytearray:
+        try:
+            return bytearray(self._st.pack(self.size, *values))
+        except struct.error:
+            # A value the field cannot hold: do what a ctypes field assignment does (wrap an
+            # int to the field's width, TypeError for a non-int), so both builds agree.
+            fields = dict(zip(self.names, values))
+            fields[self.cls._fields_[0][0]] = self.size
+            return bytearray(self.cls(**fields))
+
+    def reader(self, name: str):
+        """``read(buf) -> int``: the field ``name`` of a buffer laid out as this struct."""
+        f, ctype = getattr(self.cls, name), dict(self.cls._fields_)[name]
+        unpack_from, offset = struct.Struct("<" + _STRUCT_CODES[ctype]).unpack_from, f.offset
+        return lambda buf: unpack_from(buf, offset)[0]
 
 
 class iommu_destroy(_Struct):

@@ -108,10 +108,16 @@ def _iommufd_handlers(profile) -> dict:
     return handlers
 
 
+_OP_TABLE_OF: dict[int, tuple] = {}   # id(profile) -> (profile, its table): no key to build per call
+
+
 def _iommufd_op_table(profile) -> dict:
     """request -> (handler, kernel struct, min_size, struct size) for every iommufd command this
     profile's kernel knows and the emulator models (what ``_iommufd_ioctl_checked`` works out per
     call, once per kernel).  Keyed by the profile switches the answer depends on."""
+    known = _OP_TABLE_OF.get(id(profile))
+    if known is not None and known[0] is profile:
+        return known[1]
     key = (profile.kernel, profile.hwpt_alloc, profile.hw_info)
     table = _OP_TABLES.get(key)
     if table is None:
@@ -124,6 +130,7 @@ def _iommufd_op_table(profile) -> dict:
                 table[uapi._IO(uapi.IOMMUFD_TYPE, nr)] = (handler, kstruct, uapi.offsetofend(first, last_field),
                                                           ctypes.sizeof(kstruct))
         _OP_TABLES[key] = table
+    _OP_TABLE_OF[id(profile)] = (profile, table)   # the profile is kept alive: its id stays its own
     return table
 
 
@@ -144,6 +151,18 @@ _CDEV_OPS = {
                                          uapi.offsetofend(uapi.vfio_device_detach_iommufd_pt, "flags"),
                                          vfio.cdev_detach, None),
 }
+
+
+def _copy_out_whole(buf, cmd, n: int) -> None:
+    """copy_to_user of all ``n`` bytes of ``cmd`` to the start of the caller's buffer (as long or longer)."""
+    if type(buf) is bytearray:
+        buf[:n] = cmd
+    else:
+        memoryview(buf).cast("B")[:n] = memoryview(cmd).cast("B")
+
+
+# The _CDEV_OPS requests whose minsz is the whole struct (copy_from_user of minsz bytes = the struct).
+_WHOLE_STRUCT = frozenset(req for req, (kstruct, minsz, _, _) in _CDEV_OPS.items() if minsz == ctypes.sizeof(kstruct))
 
 
 class UserMemory:
@@ -442,6 +461,26 @@ class Host:
         if op is None:   # unknown, too new, malformed request number or not modelled: the full path
             return self._iommufd_ioctl_checked(ctx, request, buf)
         handler, kstruct, min_size, ksize = op
+        # The common case first: the buffer holds the kernel's struct and ``size`` says exactly
+        # that (a caller built against this kernel's header).  Then copy_struct_from_user copies
+        # ksize bytes, has no tail to check, and the answer is the whole struct.
+        try:
+            cmd = kstruct.from_buffer_copy(buf)
+        except (ValueError, TypeError):   # shorter than the struct (or not a buffer): in full below
+            cmd = None
+        if cmd is not None and cmd.size == ksize:
+            try:
+                handler(ctx, cmd)
+            except KernelErr as e:
+                if e.respond:   # the handler responded, then failed (IOAS_IOVA_RANGES' EMSGSIZE)
+                    _copy_out_whole(buf, cmd, ksize)
+                raise
+            _copy_out_whole(buf, cmd, ksize)   # iommufd_ucmd_respond
+            return 0
+        return self._iommufd_ioctl_sized(ctx, handler, kstruct, min_size, ksize, buf)
+
+    def _iommufd_ioctl_sized(self, ctx: IommufdCtx, handler, kstruct, min_size: int, ksize: int, buf) -> int:
+        """iommufd_fops_ioctl's size handling for a command in the table, whatever ``size`` says."""
         mv = memoryview(buf).cast("B")
         if len(mv) < 4:
             raise KernelErr(errno.EFAULT, "buffer shorter than the size field")
@@ -515,6 +554,13 @@ class Host:
         if op is None:
             raise KernelErr(errno.ENOTTY, "ioctl not modelled for VFIO devices")
         kstruct, minsz, handler, out = op
+        if type(buf) is bytearray and request in _WHOLE_STRUCT and len(buf) >= minsz:
+            cmd = kstruct.from_buffer_copy(buf)   # copy_from_user of minsz bytes: the whole struct
+            handler(self, f, cmd, minsz)
+            if out:   # copy_to_user of just that field
+                start, end = out
+                buf[start:end] = bytes(cmd)[start:end]
+            return 0
         mv = memoryview(buf).cast("B")
         if len(mv) < minsz:
             raise KernelErr(errno.EFAULT, f"buffer shorter than minsz {minsz}")

@@ -97,7 +97,6 @@ def paging_alloc(ctx: IommufdCtx, ioas, idev, flags: int, immediate_attach: bool
     In E1 the domain is added to the io_pagetable at its first attach
     (6.2.1 iommufd_device_do_attach), from 6.6 here, after the CC decision."""
     host, p = ctx.host, ctx.host.profile
-    from .device import hw_pagetable_attach, hw_pagetable_detach  # device.c calls back into us
     valid = uapi.IOMMU_HWPT_ALLOC_NEST_PARENT | uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING if p.nesting else 0
     driver = host.driver_of(idev.dev)
     if (flags or user_data is not None) and not driver.has_domain_alloc_user:
@@ -114,13 +113,13 @@ def paging_alloc(ctx: IommufdCtx, ioas, idev, flags: int, immediate_attach: bool
         if want_cc if want_cc is not None else (p.cc_at_alloc and idev.enforce_cc):
             enforce_cc(hwpt, host)
         if immediate_attach:
-            hw_pagetable_attach(ctx, hwpt, idev)
+            _device.hw_pagetable_attach(ctx, hwpt, idev)
         if p.era != "E1":
             try:
                 fill(hwpt, host)
             except KernelErr:
                 if immediate_attach:
-                    hw_pagetable_detach(ctx, idev)
+                    _device.hw_pagetable_detach(ctx, idev)
                 raise
     except KernelErr:
         ioas.users -= 1
@@ -280,3 +279,6 @@ def hwpt_put(ctx: IommufdCtx, hwpt) -> None:
     hwpt.users -= 1
     if is_paging(hwpt) and hwpt.auto_domain and hwpt.users == 1:
         ctx.destroy(hwpt)
+
+
+from . import device as _device  # noqa: E402  (device.c calls back into us: a cycle, bound once loaded)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 
+from .. import uapi
 from .err import KernelErr
 
 OBJ_DEVICE, OBJ_HWPT_PAGING, OBJ_HWPT_NESTED, OBJ_IOAS = "device", "hwpt_paging", "hwpt_nested", "ioas"
@@ -113,7 +114,6 @@ def option_rlimit_mode(ctx: IommufdCtx, cmd) -> None:
     GET -> 1 iff IOPT_PAGES_ACCOUNT_MM; SET needs CAP_SYS_RESOURCE (EPERM; the emulated caller
     has it unless ``host.cap_sys_resource`` is False) and an empty object table (EBUSY):
     0 -> per-user accounting, 1 -> per-mm (VFIO's), else EINVAL."""
-    from .. import uapi
     from .pages import ACCOUNT_MM, ACCOUNT_USER
     if cmd.object_id:
         raise KernelErr(errno.EOPNOTSUPP, "RLIMIT_MODE is global: object_id must be 0")
@@ -138,13 +138,14 @@ def iommufd_option(ctx: IommufdCtx, cmd) -> None:
     """IOMMU_OPTION: iommufd_option (main.c): __reserved -> EOPNOTSUPP; RLIMIT_MODE (global) or
     HUGE_PAGES (per IOAS); unknown option -> EOPNOTSUPP.  Only val64 is copied back (the
     ioctl layer writes the struct back; the other fields come back unchanged)."""
-    from .. import uapi
-    from .ioas import ioas_option
     if getattr(cmd, "__reserved"):
         raise KernelErr(errno.EOPNOTSUPP, "non-zero __reserved")
     if cmd.option_id == uapi.IOMMU_OPTION_RLIMIT_MODE:
         option_rlimit_mode(ctx, cmd)
     elif cmd.option_id == uapi.IOMMU_OPTION_HUGE_PAGES:
-        ioas_option(ctx, cmd)
+        _ioas.ioas_option(ctx, cmd)
     else:
         raise KernelErr(errno.EOPNOTSUPP, f"unknown option {cmd.option_id}")
+
+
+from . import ioas as _ioas  # noqa: E402  (ioas.c and main.c call each other: a cycle, bound once loaded)
