@@ -105,12 +105,13 @@ def device_unbind(ctx: IommufdCtx, idev: Device) -> None:
 # -- attach core ---------------------------------------------------------------------
 def _reserve(ctx, hwpt: HwptPaging, devs) -> None:
     """iopt_table_enforce_dev_resv_regions for each device; all or nothing."""
+    host, iopt = ctx.host, hwpt.ioas.iopt
     done = []
     try:
         for d in devs:
-            ctx.host.fallible("reserved regions")
-            for start, last, _ in ctx.host.driver_of(d.dev).resv_regions(d.dev):
-                hwpt.ioas.iopt.reserve(start, last, d.dev.name)
+            host.fallible("reserved regions")
+            for start, last, _ in host.driver_of(d.dev).resv_regions(d.dev):
+                iopt.reserve(start, last, d.dev.name)
             done.append(d)
     except KernelErr:
         for d in done + [d]:
@@ -124,7 +125,7 @@ def hw_pagetable_attach(ctx: IommufdCtx, hwpt, idev: Device) -> None:
     igroup = idev.igroup
     if p.era != "E1" and igroup.hwpt is not None and igroup.hwpt is not hwpt:
         raise KernelErr(errno.EINVAL, f"group {igroup.group.name} is attached to HWPT {igroup.hwpt.id}")
-    paging = hwpt if is_paging(hwpt) else None
+    paging = hwpt if isinstance(hwpt, HwptPaging) else None
     if paging is not None and p.upgrade_on_attach and idev.enforce_cc and not paging.enforce_cc:
         # E1/E2: the upgrade happens before the attach and is not undone if the attach fails.
         enforce_cc(paging, host)
@@ -170,7 +171,7 @@ def hw_pagetable_detach(ctx: IommufdCtx, idev: Device):
             fault.iopf_disable(idev)
         igroup.hwpt = None
         igroup.handle = None
-    if is_paging(hwpt):
+    if isinstance(hwpt, HwptPaging):
         hwpt.ioas.iopt.remove_reserved(idev.dev.name)
     return hwpt
 

@@ -21,7 +21,7 @@ class HwptPaging(Obj):
     __slots__ = ("ioas", "domain", "auto_domain", "enforce_cc", "nest_parent", "filled", "fault")
 
     def __init__(self, ioas, nest_parent: bool = False):
-        super().__init__(OBJ_HWPT_PAGING)
+        Obj.__init__(self, OBJ_HWPT_PAGING)
         self.ioas = ioas
         self.domain = None
         self.auto_domain = False
@@ -32,8 +32,9 @@ class HwptPaging(Obj):
 
     def destroy(self, ctx: IommufdCtx) -> None:
         """iommufd_hwpt_paging_destroy: off the IOAS's list, unfill, free, drop the IOAS user."""
-        if self in self.ioas.hwpt_list:
-            self.ioas.hwpt_list.remove(self)
+        hwpt_list = self.ioas.hwpt_list
+        if self in hwpt_list:
+            hwpt_list.remove(self)
         if self.filled:
             self.ioas.iopt.remove_domain(self.domain)
             self.filled = False
@@ -277,7 +278,7 @@ def hwpt_invalidate(ctx: IommufdCtx, cmd) -> None:
 def hwpt_put(ctx: IommufdCtx, hwpt) -> None:
     """iommufd_hw_pagetable_put: drop a device's user; an auto-domain dies with its last device."""
     hwpt.users -= 1
-    if is_paging(hwpt) and hwpt.auto_domain and hwpt.users == 1:
+    if hwpt.users == 1 and isinstance(hwpt, HwptPaging) and hwpt.auto_domain:
         ctx.destroy(hwpt)
 
 

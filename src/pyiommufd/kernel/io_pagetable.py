@@ -132,6 +132,8 @@ class IoPagetable:
     def area_iter_first(self, start: int, last: int):
         """iopt_area_iter_first: the lowest area intersecting [start, last], or None."""
         areas = self.areas
+        if not areas._values:   # no area at all (every auto domain's reservation, a fresh IOAS)
+            return None
         a_start = areas.floor(start)
         if a_start is not None:
             a_last, prot = areas[a_start]
@@ -144,7 +146,10 @@ class IoPagetable:
         return None
 
     def reserved_iter_first(self, start: int, last: int):
-        for r in self.reserved + self.outside:
+        for r in self.reserved:
+            if r[0] <= last and r[1] >= start:
+                return r
+        for r in self.outside:
             if r[0] <= last and r[1] >= start:
                 return r
         return None
@@ -399,7 +404,7 @@ class IoPagetable:
     # -- reserved and allowed ranges --------------------------------------------------
     def reserve(self, start: int, last: int, owner) -> None:
         """iopt_reserve_iova: EADDRINUSE if a mapping or an allowed range is already there."""
-        if self.area_iter_first(start, last) or self.allowed_iter_first(start, last):
+        if self.area_iter_first(start, last) or self.allowed and self.allowed_iter_first(start, last):
             raise KernelErr(errno.EADDRINUSE, f"reserved range {start:#x}-{last:#x} of {owner} "
                                               "intersects a mapping or an allowed range")
         self.reserved.append((start, last, owner))
@@ -492,15 +497,16 @@ class IoPagetable:
         if domain.aperture_end != ULONG_MAX:
             outside.append((domain.aperture_end + 1, ULONG_MAX, domain.serial))
         for s, l, _ in outside:
-            if self.area_iter_first(s, l) or self.allowed_iter_first(s, l):
+            if self.area_iter_first(s, l) or self.allowed and self.allowed_iter_first(s, l):
                 raise KernelErr(errno.EADDRINUSE, f"a mapping or allowed range lies outside the domain's "
                                                   f"aperture ({s:#x}-{l:#x})")
         # iopt_fill_domain, area by area: the first domain pins (EFAULT), then the driver maps
         # (it may refuse: check_map); an error unwinds what was filled.
+        areas = self.areas.items() if self.areas._values else ()
         driver = host.driver_of_domain(domain)
         filled = []
         try:
-            for s, (l, prot) in self.areas.items():
+            for s, (l, prot) in areas:
                 if not self.domains:
                     src = self.area_src[s]
                     rng = src.index_range(l - s + 1)
@@ -512,7 +518,7 @@ class IoPagetable:
                 pages.remove_domain_range(*rng)
             raise
         self.outside.extend(outside)
-        for s, (l, prot) in self.areas.items():
+        for s, (l, prot) in areas:
             domain.map(s, l, prot)
         self.domains.append(domain)
         self.iova_alignment = new_align
@@ -520,8 +526,9 @@ class IoPagetable:
     def remove_domain(self, domain) -> None:
         """iopt_table_remove_domain: unfill (the last domain unpins), alignment recomputed."""
         self.domains = [d for d in self.domains if d is not domain]
-        self.outside = [r for r in self.outside if r[2] != domain.serial]
-        for s, (l, _) in self.areas.items():
+        serial = domain.serial
+        self.outside = [r for r in self.outside if r[2] != serial]
+        for s, (l, _) in (self.areas.items() if self.areas._values else ()):
             domain.unmap(s, l)
             if not self.domains:
                 src = self.area_src[s]

@@ -44,9 +44,9 @@ def release_dma_owner(group: IommuGroup) -> None:
 
 
 def _check_all(host, domain, group: IommuGroup) -> None:
+    attach_dev = host.driver_of_domain(domain).attach_dev   # domain->ops->attach_dev
     for name in group.devices:
-        dev = host.device_named(name)
-        host.driver_of_domain(domain).attach_dev(domain, dev)   # domain->ops->attach_dev
+        attach_dev(domain, host.device_named(name))
 
 
 def attach_group(host, domain, group: IommuGroup) -> None:
@@ -58,8 +58,7 @@ def attach_group(host, domain, group: IommuGroup) -> None:
     if host.driver_of(host.device_named(group.devices[0])) is not host.driver_of_domain(domain):
         raise KernelErr(errno.EINVAL, f"group {group.name}: the domain belongs to another IOMMU driver")
     _check_all(host, domain, group)
-    for name in group.devices:
-        domain.devices.append(name)
+    domain.devices.extend(group.devices)
     group.domain = domain
 
 

@@ -39,11 +39,12 @@ class Kvm:
         return self.noncoherent_dma_count > 0
 
     def snapshot(self):
-        return (tuple(id_of(f) for f in self.files), self.noncoherent, self.noncoherent_dma_count,
+        return (tuple([f.snapshot()[:2] for f in self.files]), self.noncoherent, self.noncoherent_dma_count,
                 self.sptes_present, self.memtype_stale)
 
 
 def id_of(f) -> tuple:
+    """A file as KVM's list shows it (kind and name); Kvm.snapshot inlines it."""
     return f.snapshot()[:2]
 
 
