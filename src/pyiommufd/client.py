@@ -80,9 +80,7 @@ class Iommufd:
 
     def ioctl(self, request: int, struct) -> int:
         fd = self.fd
-        if fd is None:
-            raise StateError("iommufd is closed (required: open)")
-        return self.transport.ioctl(fd, request, struct)
+        return self.transport.ioctl(fd if fd is not None else self._fd(), request, struct)
 
     def ioas_alloc(self) -> "Ioas":
         cmd = _IOAS_ALLOC.pack()
@@ -259,13 +257,15 @@ class VfioDevice:
         """VFIO_DEVICE_ATTACH_IOMMUFD_PT: an IOAS id runs the kernel's auto-domain search,
         a HWPT id attaches there; on an attached device this is a replace.  Returns the pt id used."""
         cmd = _ATTACH.pack(pt_id)
-        self.transport.ioctl(self._fd(), uapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT, cmd)
+        fd = self.fd
+        self.transport.ioctl(fd if fd is not None else self._fd(), uapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT, cmd)
         return _ATTACH_PT(cmd)
 
     replace = attach
 
     def detach(self) -> None:
-        self.transport.ioctl(self._fd(), uapi.VFIO_DEVICE_DETACH_IOMMUFD_PT, _DETACH.pack())
+        fd = self.fd
+        self.transport.ioctl(fd if fd is not None else self._fd(), uapi.VFIO_DEVICE_DETACH_IOMMUFD_PT, _DETACH.pack())
 
     def close(self) -> None:
         """Closing the cdev unbinds the device (detaching it first)."""

@@ -44,18 +44,18 @@ def ioas_map(ctx: IommufdCtx, cmd: uapi.iommu_ioas_map) -> None:
     """iommufd_ioas_map: order of checks as in 6.12.117 -- unknown flags or __reserved
     (EOPNOTSUPP), iova/length >= ULONG_MAX (EOVERFLOW), neither READ nor WRITE (EINVAL),
     the IOAS lookup (ENOENT), then io_pagetable checks."""
-    if cmd.flags & ~_MAP_FLAGS or getattr(cmd, "__reserved"):
+    flags, iova, length = cmd.flags, cmd.iova, cmd.length
+    if flags & ~_MAP_FLAGS or getattr(cmd, "__reserved"):
         raise KernelErr(errno.EOPNOTSUPP, "unknown IOAS_MAP flags or non-zero __reserved")
-    if cmd.iova >= ULONG_MAX or cmd.length >= ULONG_MAX:
+    if iova >= ULONG_MAX or length >= ULONG_MAX:
         raise KernelErr(errno.EOVERFLOW, "iova or length >= ULONG_MAX")
-    if ctx.host.profile.map_requires_prot and not cmd.flags & (
-            uapi.IOMMU_IOAS_MAP_WRITEABLE | uapi.IOMMU_IOAS_MAP_READABLE):
+    host = ctx.host
+    if host.profile.map_requires_prot and not flags & (PROT_WRITE | PROT_READ):
         raise KernelErr(errno.EINVAL, "IOAS_MAP needs READABLE or WRITEABLE")
     ioas = ctx.get(cmd.ioas_id, OBJ_IOAS)
-    ctx.host.fallible("area alloc")
-    fixed = cmd.flags & uapi.IOMMU_IOAS_MAP_FIXED_IOVA
-    cmd.iova = map_user_pages(ctx, ioas, cmd.iova if fixed else None, cmd.user_va, cmd.length,
-                              cmd.flags & (PROT_WRITE | PROT_READ))
+    host.fallible("area alloc")
+    cmd.iova = map_user_pages(ctx, ioas, iova if flags & uapi.IOMMU_IOAS_MAP_FIXED_IOVA else None, cmd.user_va,
+                              length, flags & (PROT_WRITE | PROT_READ))
 
 
 def max_alloc_alignment(host) -> int:
@@ -66,9 +66,10 @@ def max_alloc_alignment(host) -> int:
 def map_user_pages(ctx: IommufdCtx, ioas, iova: int | None, uptr: int, length: int, prot: int) -> int:
     """iopt_map_user_pages: a new iopt_pages over the caller's memory (iopt_alloc_pages:
     EINVAL / EOVERFLOW), mapped as one area (iopt_map_pages)."""
-    pages, start_byte = alloc_pages(ctx.host, uptr, length, bool(prot & PROT_WRITE), ctx.account_mode)
-    return ioas.iopt.map_pages(ctx.host, [(pages, start_byte, length)], length, iova, prot,
-                               max_alloc_alignment(ctx.host))
+    host = ctx.host
+    pages, start_byte = alloc_pages(host, uptr, length, bool(prot & PROT_WRITE), ctx.account_mode)
+    return ioas.iopt.map_pages(host, [(pages, start_byte, length)], length, iova, prot,
+                               max_alloc_alignment(host) if iova is None else MAX_ALLOC_ALIGNMENT)
 
 
 def ioas_copy(ctx: IommufdCtx, cmd: uapi.iommu_ioas_copy) -> None:
@@ -160,12 +161,13 @@ def ioas_option(ctx: IommufdCtx, cmd: uapi.iommu_option) -> None:
 def ioas_unmap(ctx: IommufdCtx, cmd: uapi.iommu_ioas_unmap) -> None:
     """iommufd_ioas_unmap: 0/U64_MAX unmaps all; else whole areas only, ENOENT if none."""
     ioas = ctx.get(cmd.ioas_id, OBJ_IOAS)
-    if cmd.iova == 0 and cmd.length == (1 << 64) - 1:
+    iova, length = cmd.iova, cmd.length
+    if iova == 0 and length == (1 << 64) - 1:
         unmapped = ioas.iopt.unmap_all()
     else:
-        if cmd.iova >= ULONG_MAX or cmd.length >= ULONG_MAX:
+        if iova >= ULONG_MAX or length >= ULONG_MAX:
             raise KernelErr(errno.EOVERFLOW, "iova or length >= ULONG_MAX")
-        unmapped = ioas.iopt.unmap(cmd.iova, cmd.length)
+        unmapped = ioas.iopt.unmap(iova, length)
         if not unmapped:
             raise KernelErr(errno.ENOENT, "no mapping in range")
     cmd.length = unmapped
