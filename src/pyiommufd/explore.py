@@ -306,9 +306,14 @@ class Model:
         return Snapshot(vmm, self._shared_ids, self._at) if self.live else vmm
 
     def actions(self, done: frozenset) -> list[int]:
-        done_labels = {self.events[i].label for i in done}
-        return [i for i, e in enumerate(self.events)
-                if i not in done and all(a in done_labels for a in e.after)]
+        """The events enabled after ``done`` (each once, after what its ``after`` names); cached per done-set."""
+        cache = self.__dict__.setdefault("_actions", {})
+        acts = cache.get(done)
+        if acts is None:
+            done_labels = {self.events[i].label for i in done}
+            acts = cache[done] = [i for i, e in enumerate(self.events)
+                                  if i not in done and all(a in done_labels for a in e.after)]
+        return acts
 
     def next(self, vmm, ei: int) -> Vmm:
         """The successor of ``vmm`` by event ``ei``.  Live: ``vmm`` is a Snapshot, restored into the one
@@ -331,7 +336,7 @@ class Model:
 
     def __getstate__(self):   # engines ship the model to workers: not the cache
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("_frozen", "_done_cache", "_at", "_clean", "_parts")}
+                if k not in ("_frozen", "_done_cache", "_actions", "_at", "_clean", "_parts")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)

@@ -30,7 +30,9 @@ _plans: dict[type, tuple] = {}
 
 
 def _plan(t: type) -> tuple:
-    """(getter of all slot values, slot names over the MRO, has __dict__) for instances of ``t``."""
+    """(getter of all slot values, slot names over the MRO, has __dict__, frozen) for instances of ``t``.
+    Frozen: a frozen dataclass (a unit, a device's description), whose attributes are never rebound; it is
+    walked through like a tuple and not recorded."""
     p = _plans.get(t)
     if p is None:
         slots = []
@@ -45,7 +47,8 @@ def _plan(t: type) -> tuple:
         elif slots:
             one = attrgetter(slots[0])
             getter = lambda o: (one(o),)   # noqa: E731
-        p = _plans[t] = (getter, tuple(slots), t.__dictoffset__ != 0)
+        params = t.__dict__.get("__dataclass_params__")
+        p = _plans[t] = (getter, tuple(slots), t.__dictoffset__ != 0, bool(params and params.frozen))
     return p
 
 
@@ -80,15 +83,16 @@ class Snapshot:
         except AttributeError:     # a slot was deleted
             return False
         fresh = list(compress(vals, map(is_not, vals, p.vals)))
-        dict_items = list(map(tuple, map(dict.items, p.dicts)))
-        for a in compress(dict_items, map(ne, dict_items, p.dict_items)):
-            fresh.extend(x for kv in a for x in kv)
-        list_items = list(map(tuple, p.lists))
-        for a in compress(list_items, map(ne, list_items, p.list_items)):
-            fresh.extend(a)
-        set_items = list(map(tuple, p.sets))
-        for a in compress(set_items, map(ne, set_items, p.set_items)):
-            fresh.extend(a)
+        # containers: each compared with the parent's copy (C loops); a changed one is copied anew and its
+        # items walked, an unchanged one shares the parent's copy (copies are never mutated)
+        dict_items, list_items, set_items = list(p.dict_items), list(p.list_items), list(p.set_items)
+        for live, copies, new in ((p.dicts, p.dict_items, dict_items), (p.lists, p.list_items, list_items),
+                                  (p.sets, p.set_items, set_items)):
+            for i in compress(range(len(live)), map(ne, live, copies)):
+                c = new[i] = live[i].copy()
+                fresh.extend(c)
+                if type(c) is dict:
+                    fresh.extend(c.values())
         self.objs, self.names, self.vals, self.unset = p.objs, p.names, vals, p.unset
         self.dicts, self.dict_items, self.lists, self.list_items = p.dicts, dict_items, p.lists, list_items
         self.sets, self.set_items = p.sets, set_items
@@ -125,22 +129,28 @@ class Snapshot:
                 extend(o)
             elif t is dict:
                 dicts.append(o)
-                dict_items.append(tuple(o.items()))
+                dict_items.append(o.copy())
                 extend(o)
                 extend(o.values())
             elif t is list:
                 lists.append(o)
-                list_items.append(tuple(o))
+                list_items.append(o.copy())
                 extend(o)
             elif t is set:
                 sets.append(o)
-                set_items.append(tuple(o))
+                set_items.append(o.copy())
                 extend(o)
             elif t is bytearray:
                 bas.append(o)
                 ba_data.append(bytes(o))
             else:
-                getter, slots, has_dict = plans.get(t) or _plan(t)
+                getter, slots, has_dict, frozen = plans.get(t) or _plan(t)
+                if frozen:
+                    if slots:
+                        extend(getter(o))
+                    if has_dict:
+                        extend(o.__dict__.values())
+                    continue
                 if slots:
                     try:
                         values = getter(o)
