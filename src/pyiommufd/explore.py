@@ -269,6 +269,7 @@ class Model:
             self._shared_ids = frozenset(id(o) for o in vmm._shared_parts())
             self._at = None    # the snapshot the live machine was last restored from
             self._clean = None   # that snapshot while the machine still is exactly it
+            self._undo = None    # (that snapshot, what differs) while the machine is exactly the last kept
         return vmm
 
     def orbits(self, node: Node) -> list[tuple[int, list[int]]]:
@@ -283,6 +284,7 @@ class Model:
         sig = node.sig
         if sig is None:
             if self._clean is not node.vmm:
+                self._undo = None
                 node.vmm.restore()
                 self._clean = node.vmm    # restored and only read: the first ``next`` needs no restore
             sig = device_signatures(node.vmm.root, node.done, self.events, self.key_classes)
@@ -303,7 +305,13 @@ class Model:
 
     def keep(self, vmm: Vmm):
         """What a node holds of the state ``vmm``: the Vmm itself, or (live) a Snapshot of it."""
-        return Snapshot(vmm, self._shared_ids, self._at) if self.live else vmm
+        if not self.live:
+            return vmm
+        s = Snapshot(vmm, self._shared_ids, self._at)
+        # derived from the state just restored: the next ``next`` from that state undoes only the difference
+        self._undo = (self._at, s.changed) if s.changed is not None else None
+        s.changed = None
+        return s
 
     def actions(self, done: frozenset) -> list[int]:
         """The events enabled after ``done`` (each once, after what its ``after`` names); cached per done-set."""
@@ -322,8 +330,14 @@ class Model:
         serialized once (``Vmm.freeze``) and each successor thawed from that (``_frozen``, a one-entry
         cache)."""
         if self.live:
+            undo, self._undo = self._undo, None
             self._at = vmm
-            child = vmm.root if self._clean is vmm else vmm.restore()
+            if self._clean is vmm:
+                child = vmm.root
+            elif undo is not None and undo[0] is vmm:
+                child = vmm.undo(undo[1])
+            else:
+                child = vmm.restore()
             self._clean = None
             child.apply(self.events[ei])
             return child
@@ -336,7 +350,7 @@ class Model:
 
     def __getstate__(self):   # engines ship the model to workers: not the cache
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("_frozen", "_done_cache", "_actions", "_at", "_clean", "_parts")}
+                if k not in ("_frozen", "_done_cache", "_actions", "_at", "_clean", "_undo", "_parts")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)

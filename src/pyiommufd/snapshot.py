@@ -62,10 +62,11 @@ class Snapshot:
     Objects the event dropped stay recorded (restoring them is harmless: nothing reachable sees them)."""
 
     __slots__ = ("root", "seen", "objs", "names", "vals", "unset", "dicts", "dict_items", "lists", "list_items",
-                 "sets", "set_items", "bytearrays", "bytearray_data")
+                 "sets", "set_items", "bytearrays", "bytearray_data", "changed")
 
     def __init__(self, root, shared_ids: frozenset | set, parent: "Snapshot | None" = None):
         self.root = root
+        self.changed = None    # derived: what differs from the parent (``undo``), until the caller drops it
         if parent is not None and parent.root is root and self._derive(parent, shared_ids):
             return
         self.objs, self.names, self.vals, self.unset = [], [], [], []
@@ -82,13 +83,17 @@ class Snapshot:
             vals = list(map(getattr, p.objs, p.names))
         except AttributeError:     # a slot was deleted
             return False
-        fresh = list(compress(vals, map(is_not, vals, p.vals)))
+        slots = list(compress(range(len(vals)), map(is_not, vals, p.vals)))
+        fresh = [vals[i] for i in slots]
         # containers: each compared with the parent's copy (C loops); a changed one is copied anew and its
         # items walked, an unchanged one shares the parent's copy (copies are never mutated)
         dict_items, list_items, set_items = list(p.dict_items), list(p.list_items), list(p.set_items)
-        for live, copies, new in ((p.dicts, p.dict_items, dict_items), (p.lists, p.list_items, list_items),
-                                  (p.sets, p.set_items, set_items)):
+        self.changed = changed = (slots, [], [], [])
+        for live, copies, new, idx in ((p.dicts, p.dict_items, dict_items, changed[1]),
+                                       (p.lists, p.list_items, list_items, changed[2]),
+                                       (p.sets, p.set_items, set_items, changed[3])):
             for i in compress(range(len(live)), map(ne, live, copies)):
+                idx.append(i)
                 c = new[i] = live[i].copy()
                 fresh.extend(c)
                 if type(c) is dict:
@@ -174,6 +179,27 @@ class Snapshot:
                     push(o.__dict__)
                 elif not slots:
                     raise TypeError(f"snapshot: cannot record a {t.__name__} (no slots, no __dict__)")
+
+    def undo(self, changed: tuple):
+        """``restore`` when the live objects are exactly a snapshot derived from this one, whose ``changed``
+        is given: only what the derivation found different is written back (objects created since are
+        no longer reachable).  Returns the root."""
+        slots, dicts, lists, sets = changed
+        objs, names, vals = self.objs, self.names, self.vals
+        for i in slots:
+            setattr(objs[i], names[i], vals[i])
+        for i in dicts:
+            d = self.dicts[i]
+            d.clear()
+            d.update(self.dict_items[i])
+        for i in lists:
+            self.lists[i][:] = self.list_items[i]
+        for i in sets:
+            t = self.sets[i]
+            t.clear()
+            t.update(self.set_items[i])
+        deque(map(bytearray.__setitem__, self.bytearrays, repeat(slice(None)), self.bytearray_data), 0)
+        return self.root
 
     def restore(self):
         """Put every recorded object back as it was; returns the root."""
