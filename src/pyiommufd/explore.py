@@ -303,10 +303,13 @@ class Model:
                 g[1].append(ei)
         return out
 
-    def keep(self, vmm: Vmm):
-        """What a node holds of the state ``vmm``: the Vmm itself, or (live) a Snapshot of it."""
+    def keep(self, vmm: Vmm, done: frozenset | None = None):
+        """What a node holds of the state ``vmm``: the Vmm itself, or (live) a Snapshot of it; nothing for a
+        final state (``done`` is every event) on the live path: it is never expanded."""
         if not self.live:
             return vmm
+        if done is not None and len(done) == len(self.events):
+            return None
         s = Snapshot(vmm, self._shared_ids, self._at)
         # derived from the state just restored: the next ``next`` from that state undoes only the difference
         self._undo = (self._at, s.changed) if s.changed is not None else None
@@ -367,7 +370,7 @@ class Model:
     def node(self, vmm: Vmm, done: frozenset, trace: tuple) -> Node:
         """A new state's node; with symmetry on the live path, its signatures are taken now from the key
         just computed for it (``key`` left its parts), not by walking the state again when it is expanded."""
-        return Node(self.keep(vmm), done, trace, frozenset(h.kind for h in detect(vmm.host)), _domains(vmm),
+        return Node(self.keep(vmm, done), done, trace, frozenset(h.kind for h in detect(vmm.host)), _domains(vmm),
                     0, {k: 0 for k in KINDS}, 0, _outcome(vmm) if len(done) == len(self.events) else None,
                     self.signatures(vmm, done))
 
@@ -404,7 +407,7 @@ def expand_level(model: Model, level: dict, nodes_get, nodes_add, max_states=Non
                 cn = model.node(child, done, trace)
                 nodes_add(ckey, cn)
             elif trace < cn.trace:   # a new representative: its devices' signatures are its own
-                cn.vmm, cn.trace, cn.sig = model.keep(child), trace, model.signatures(child, done)
+                cn.vmm, cn.trace, cn.sig = model.keep(child, done), trace, model.signatures(child, done)
             if edges is not None:
                 edges.extend((key, ckey, e) for e in same)
             accumulate(cn, node, len(same))
