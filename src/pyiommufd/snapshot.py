@@ -13,6 +13,12 @@ an object not reachable from the restored root is garbage to the model whatever 
 ``shared`` objects (the scenario, profile, system description, strategy, the process's scratch
 memory: what ``Vmm._shared_parts`` names) are never recorded: no op changes them.
 
+Lineage: a snapshot derived from another shares its ``seen`` set (and the objects it names, held so that
+no id is reused): walking a new state stops at anything recorded in any state of the lineage.  That is
+the parent's set plus objects made in sibling branches, which cannot be reached from a state restored
+from the parent (restoring rewrites every reference the parent recorded; a new object is reachable only
+through a reference an event wrote after that).
+
 Restoring is a handful of C-level loops (``map`` over ``setattr``, ``dict.update`` ...), about a
 fifth of a pickle load of the same state.
 """
@@ -21,7 +27,7 @@ from __future__ import annotations
 import types
 from collections import deque
 from itertools import compress, repeat
-from operator import attrgetter, is_not, ne
+from operator import attrgetter, is_not, ne, not_
 
 _ATOMIC = frozenset({int, float, bool, str, bytes, type(None), type, complex, range, types.FunctionType,
                      types.BuiltinFunctionType, types.MethodType, frozenset})
@@ -62,7 +68,7 @@ class Snapshot:
     Objects the event dropped stay recorded (restoring them is harmless: nothing reachable sees them)."""
 
     __slots__ = ("root", "seen", "objs", "names", "vals", "unset", "dicts", "dict_items", "lists", "list_items",
-                 "sets", "set_items", "bytearrays", "bytearray_data", "changed")
+                 "sets", "set_items", "bytearrays", "bytearray_data", "changed", "held")
 
     def __init__(self, root, shared_ids: frozenset | set, parent: "Snapshot | None" = None):
         self.root = root
@@ -72,7 +78,9 @@ class Snapshot:
         self.objs, self.names, self.vals, self.unset = [], [], [], []
         self.dicts, self.dict_items, self.lists, self.list_items = [], [], [], []
         self.sets, self.set_items, self.bytearrays, self.bytearray_data = [], [], [], []
-        self.seen = set(shared_ids)     # ids of everything recorded (and of the shared parts)
+        # ids of everything recorded (and of the shared parts), with the objects themselves held so no id
+        # is reused; shared with every snapshot derived from this one (module docstring, "Lineage")
+        self.seen, self.held = set(shared_ids), []
         self._walk([root], self.seen)
 
     def _derive(self, p: "Snapshot", shared_ids) -> bool:
@@ -102,15 +110,13 @@ class Snapshot:
         self.dicts, self.dict_items, self.lists, self.list_items = p.dicts, dict_items, p.lists, list_items
         self.sets, self.set_items = p.sets, set_items
         self.bytearrays, self.bytearray_data = p.bytearrays, list(map(bytes, p.bytearrays))
-        self.seen = p.seen
-        seen = p.seen
-        fresh = [v for v in fresh if type(v) not in _ATOMIC and id(v) not in seen]
-        if fresh:   # new objects: walk them, appending to copies of the parent's lists
+        self.seen, self.held = seen, _ = p.seen, p.held
+        fresh = list(compress(fresh, map(not_, map(seen.__contains__, map(id, fresh)))))
+        if fresh:   # new objects (or atomic values, which the walk skips): walk them, appending to copies
             self.objs, self.names, self.unset = list(p.objs), list(p.names), list(p.unset)
             self.dicts, self.lists, self.sets, self.bytearrays = \
                 list(p.dicts), list(p.lists), list(p.sets), list(self.bytearrays)
-            self.seen = set(seen)
-            self._walk(fresh, self.seen)
+            self._walk(fresh, seen)
         return True
 
     def _walk(self, stack: list, seen: set) -> None:
@@ -118,7 +124,7 @@ class Snapshot:
         objs, names, vals, unset = self.objs, self.names, self.vals, self.unset
         dicts, dict_items, lists, list_items = self.dicts, self.dict_items, self.lists, self.list_items
         sets, set_items, bas, ba_data = self.sets, self.set_items, self.bytearrays, self.bytearray_data
-        seen_add = seen.add
+        seen_add, hold = seen.add, self.held.append
         push, extend, pop = stack.append, stack.extend, stack.pop
         atomic, plans = _ATOMIC, _plans
         while stack:
@@ -130,6 +136,7 @@ class Snapshot:
             if i in seen:
                 continue
             seen_add(i)
+            hold(o)
             if t is tuple:
                 extend(o)
             elif t is dict:
