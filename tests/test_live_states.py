@@ -74,6 +74,32 @@ def test_restore_in_place_round_trips(path):
             assert vmm.apply(sc.steps[i]) == results[i], (profile, i)
 
 
+@pytest.mark.parametrize("path", scenario_files(), ids=lambda p: str(p.relative_to(SCENARIOS)))
+def test_undo_puts_back_what_restore_puts_back(path):
+    """After each step, the snapshot derived from the one before knows what differs (``changed``); undoing
+    just that (``Snapshot.undo``, what the explorer does between siblings) gives the state a full restore
+    gives, and replaying the step gives the same result."""
+    sc = load(path)
+    for profile in sc.profiles:
+        vmm = Vmm(sc, profile)
+        shared = frozenset(id(o) for o in vmm._shared_parts())
+        prev = Snapshot(vmm, shared)
+        undone = 0
+        for step in sc.steps:
+            before = _state(vmm)
+            result = vmm.apply(step)
+            child = Snapshot(vmm, shared, prev)
+            if child.changed is None:   # not derived (a slot was deleted or set anew): nothing to undo
+                prev = child
+                continue
+            assert prev.undo(child.changed) is vmm
+            assert _state(vmm) == before, (profile, step.op)
+            assert vmm.apply(step) == result, (profile, step.op)
+            prev = Snapshot(vmm, shared, prev)
+            undone += 1
+        assert undone, "no step was undone: the test saw nothing"
+
+
 SWEEP_SAMPLE = [s for i, s in enumerate(sweep.enumerate_systems(4, 2)) if i % 2 == 0]
 
 

@@ -41,6 +41,7 @@ class Node:
     seen: dict | None = None     # kind -> orders reaching this state that passed that hazard
     clean: int = 0               # orders reaching this state with no hazard on the way
     outcome: tuple | None = None  # terminal states: ``_outcome`` (read while the state is at hand)
+    sig: dict | None = None      # live path with symmetry: ``device_signatures`` of the state, for ``orbits``
 
 
 def _template(ev: Step, own: set[str]) -> tuple:
@@ -117,16 +118,41 @@ def _device_parts(vmm: Vmm, ctx, label: dict, done_by_dev: dict, classes: dict) 
 
 def _labels(objs: dict) -> tuple[list, dict]:
     """The IOASes by id, and every IOAS/HWPT id -> its id-free label (module docstring)."""
-    ioases = sorted(i for i, o in objs.items() if o.type == "ioas")
-    label = {i: ("ioas", n) for n, i in enumerate(ioases)}
-    for i in ioases:
+    ioases, nested = [], []
+    for i, o in objs.items():
+        t = o.type
+        if t == "ioas":
+            ioases.append(i)
+        elif t == "hwpt_nested":
+            nested.append(i)
+    ioases.sort()
+    label = {}
+    for n, i in enumerate(ioases):
+        label[i] = ("ioas", n)
         for pos, h in enumerate(objs[i].hwpt_list):
-            label[h.id] = ("hwpt", label[i][1], pos)
-    for i, o in sorted(objs.items()):
-        if o.type == "hwpt_nested":
-            label[i] = ("nested", label[o.parent.id], sum(1 for j, p in objs.items()
-                                                          if p.type == "hwpt_nested" and p.parent is o.parent and j < i))
+            label[h.id] = ("hwpt", n, pos)
+    if nested:   # rare: ranked among the nested HWPTs of one parent, by id
+        for i in sorted(nested):
+            p = objs[i].parent
+            label[i] = ("nested", label[p.id], sum(1 for j in nested if j < i and objs[j].parent is p))
     return ioases, label
+
+
+def _signatures(vmm: Vmm, objs: dict, ioases: list, label: dict, dev_states: dict, where: dict) -> dict:
+    """``device_signatures`` from parts ``canonical`` has already computed."""
+    extra: dict[str, list] = {}
+    for i, o in objs.items():
+        if o.type in ("hwpt_paging", "hwpt_nested"):
+            for n in o.domain.upgraded_over:
+                extra.setdefault(n, []).append(("upgraded", label[i]))
+    for i in ioases:
+        for a, b, owner in objs[i].iopt.reserved:
+            extra.setdefault(owner, []).append(("reserved", label[i], a, b))
+    us = vmm.us.get("hwpts", ())
+    no_extra = ()
+    return {n: (s, where.get(n), tuple(sorted(extra[n])) if n in extra else no_extra,
+                tuple(i for i, h in enumerate(us) if n in h["devices"]) if us else no_extra)
+            for n, s in dev_states.items()}
 
 
 def device_signatures(vmm: Vmm, done: frozenset, events: list[Step], classes: dict) -> dict[str, tuple]:
@@ -139,23 +165,14 @@ def device_signatures(vmm: Vmm, done: frozenset, events: list[Step], classes: di
     objs = ctx.objects
     ioases, label = _labels(objs)
     dev_states, where, _ = _device_parts(vmm, ctx, label, _done_parts(done, events)[0], classes)
-    extra: dict[str, list] = {}
-    for i, o in objs.items():
-        if o.type in ("hwpt_paging", "hwpt_nested"):
-            for n in o.domain.upgraded_over:
-                extra.setdefault(n, []).append(("upgraded", label[i]))
-    for i in ioases:
-        for a, b, owner in objs[i].iopt.reserved:
-            extra.setdefault(owner, []).append(("reserved", label[i], a, b))
-    us = vmm.us.get("hwpts", ())
-    return {n: (s, where.get(n), tuple(sorted(extra.get(n, ()))),
-                tuple(i for i, h in enumerate(us) if n in h["devices"]))
-            for n, s in dev_states.items()}
+    return _signatures(vmm, objs, ioases, label, dev_states, where)
 
 
-def canonical(vmm: Vmm, done: frozenset, events: list[Step], classes: dict, cache: dict | None = None) -> tuple:
+def canonical(vmm: Vmm, done: frozenset, events: list[Step], classes: dict, cache: dict | None = None,
+              parts_out: list | None = None) -> tuple:
     """The state's key (module docstring).  ``cache``: a dict the caller keeps per exploration, for what
-    depends on the done-set and the scenario only."""
+    depends on the done-set and the scenario only.  ``parts_out``: filled with what ``_signatures``
+    needs, so the caller can take the signatures of this state without walking it again."""
     host = vmm.host
     ctx = host.ctxs[vmm.iommufd.fd]
     objs = ctx.objects
@@ -168,25 +185,36 @@ def canonical(vmm: Vmm, done: frozenset, events: list[Step], classes: dict, cach
             parts = cache[done] = _done_parts(done, events)
         done_by_dev, glob = parts
     dev_states, where, members_of = _device_parts(vmm, ctx, label, done_by_dev, classes)
+    if parts_out is not None:
+        parts_out[:] = (objs, ioases, label, dev_states, where)
     no_ops = ()
-    devs = tuple(sorted(s + (where.get(n),) for n, s in dev_states.items()))
+    wget = where.get
+    devs = sorted([s + (wget(n),) for n, s in dev_states.items()])
     hwpts = []
     for i, o in objs.items():
-        if o.type in ("hwpt_paging", "hwpt_nested"):
+        t = o.type
+        if t == "hwpt_paging" or t == "hwpt_nested":
             dom = o.domain
             lab = label[i]
+            up = dom.upgraded_over
+            mem = members_of.get(lab, no_ops)
             hwpts.append((lab, o.users, getattr(o, "auto_domain", False), o.enforce_cc, dom.enforce_cc,
-                          dom.set_pte_snp, dom.has_mappings, tuple(sorted(dom.ptes.items())), dom.upgraded_over and
-                          tuple(sorted(classes[n] for n in dom.upgraded_over)),
-                          tuple(sorted(members_of.get(lab, no_ops)))))
+                          dom.set_pte_snp, dom.has_mappings,
+                          tuple(sorted(dom.ptes.items())) if len(dom.ptes) > 1 else tuple(dom.ptes.items()),
+                          up and tuple(sorted([classes[n] for n in up])),
+                          tuple(sorted(mem)) if len(mem) > 1 else tuple(mem)))
+    hwpts.sort()
     ioas_state = tuple((tuple(objs[i].iopt.areas.items()),
-                        tuple(sorted((a, b, classes[o]) for a, b, o in objs[i].iopt.reserved))) for i in ioases)
-    names = tuple(sorted((k, label.get(v, ("dev", v)) if vmm.kinds.get(k) != "device" else ("dev", v))
-                         for k, v in vmm.names.items()))
-    us = tuple((label.get(h["id"]), h["cc"], tuple(sorted(dev_states[n] for n in h["devices"])))
-               for h in vmm.us.get("hwpts", ()))
-    kvm = host.kvm.snapshot()[1:] if host.kvm else None
-    return (devs, tuple(sorted(hwpts)), ioas_state, names, us, kvm, glob)
+                        tuple(sorted([(a, b, classes[o]) for a, b, o in objs[i].iopt.reserved]))) for i in ioases)
+    kinds, lget = vmm.kinds, label.get
+    names = tuple(sorted([(k, lget(v, ("dev", v)) if kinds.get(k) != "device" else ("dev", v))
+                          for k, v in vmm.names.items()]))
+    us = vmm.us.get("hwpts")
+    us = tuple((lget(h["id"]), h["cc"], tuple(sorted([dev_states[n] for n in h["devices"]])))
+               for h in us) if us else ()
+    k = host.kvm
+    kvm = (k.noncoherent, k.noncoherent_dma_count, k.sptes_present, k.memtype_stale) if k else None
+    return (tuple(devs), tuple(hwpts), ioas_state, names, us, kvm, glob)
 
 
 def _domains(vmm: Vmm) -> int:
@@ -220,6 +248,12 @@ class Model:
         self.sc, self.profile, self.strategy, self.symmetry = sc, profile or sc.profile, strategy, symmetry
         self.events = sc.events
         self.classes = device_classes(sc, symmetry)
+        # what the key holds of a class: with symmetry, a small int per class (the same partition of the
+        # devices; a class is a deep tuple, slow to sort and hash in every key), numbered in a fixed order
+        # so keys are the same in every process (distributed.py digests them)
+        ids = {c: i for i, c in enumerate(sorted(set(self.classes.values()), key=repr))}
+        self.key_classes = {n: ids[c] for n, c in self.classes.items()} if symmetry else self.classes
+        self._parts: list = []
         self.live = live
         own = {}
         for e in self.events:
@@ -235,6 +269,7 @@ class Model:
             self._shared_ids = frozenset(id(o) for o in vmm._shared_parts())
             self._at = None    # the snapshot the live machine was last restored from
             self._clean = None   # that snapshot while the machine still is exactly it
+            self._undo = None    # (that snapshot, what differs) while the machine is exactly the last kept
         return vmm
 
     def orbits(self, node: Node) -> list[tuple[int, list[int]]]:
@@ -246,10 +281,13 @@ class Model:
         acts = self.actions(node.done)
         if not (self.symmetry and self.live) or len(acts) < 2:
             return [(ei, [ei]) for ei in acts]
-        if self._clean is not node.vmm:
-            node.vmm.restore()
-            self._clean = node.vmm    # restored and only read: the first ``next`` needs no restore
-        sig = device_signatures(node.vmm.root, node.done, self.events, self.classes)
+        sig = node.sig
+        if sig is None:
+            if self._clean is not node.vmm:
+                self._undo = None
+                node.vmm.restore()
+                self._clean = node.vmm    # restored and only read: the first ``next`` needs no restore
+            sig = device_signatures(node.vmm.root, node.done, self.events, self.key_classes)
         groups: dict = {}
         out = []
         for ei in acts:
@@ -265,14 +303,28 @@ class Model:
                 g[1].append(ei)
         return out
 
-    def keep(self, vmm: Vmm):
-        """What a node holds of the state ``vmm``: the Vmm itself, or (live) a Snapshot of it."""
-        return Snapshot(vmm, self._shared_ids, self._at) if self.live else vmm
+    def keep(self, vmm: Vmm, done: frozenset | None = None):
+        """What a node holds of the state ``vmm``: the Vmm itself, or (live) a Snapshot of it; nothing for a
+        final state (``done`` is every event) on the live path: it is never expanded."""
+        if not self.live:
+            return vmm
+        if done is not None and len(done) == len(self.events):
+            return None
+        s = Snapshot(vmm, self._shared_ids, self._at)
+        # derived from the state just restored: the next ``next`` from that state undoes only the difference
+        self._undo = (self._at, s.changed) if s.changed is not None else None
+        s.changed = None
+        return s
 
     def actions(self, done: frozenset) -> list[int]:
-        done_labels = {self.events[i].label for i in done}
-        return [i for i, e in enumerate(self.events)
-                if i not in done and all(a in done_labels for a in e.after)]
+        """The events enabled after ``done`` (each once, after what its ``after`` names); cached per done-set."""
+        cache = self.__dict__.setdefault("_actions", {})
+        acts = cache.get(done)
+        if acts is None:
+            done_labels = {self.events[i].label for i in done}
+            acts = cache[done] = [i for i, e in enumerate(self.events)
+                                  if i not in done and all(a in done_labels for a in e.after)]
+        return acts
 
     def next(self, vmm, ei: int) -> Vmm:
         """The successor of ``vmm`` by event ``ei``.  Live: ``vmm`` is a Snapshot, restored into the one
@@ -281,8 +333,14 @@ class Model:
         serialized once (``Vmm.freeze``) and each successor thawed from that (``_frozen``, a one-entry
         cache)."""
         if self.live:
+            undo, self._undo = self._undo, None
             self._at = vmm
-            child = vmm.root if self._clean is vmm else vmm.restore()
+            if self._clean is vmm:
+                child = vmm.root
+            elif undo is not None and undo[0] is vmm:
+                child = vmm.undo(undo[1])
+            else:
+                child = vmm.restore()
             self._clean = None
             child.apply(self.events[ei])
             return child
@@ -294,15 +352,40 @@ class Model:
         return child
 
     def __getstate__(self):   # engines ship the model to workers: not the cache
-        return {k: v for k, v in self.__dict__.items() if k not in ("_frozen", "_done_cache", "_at", "_clean")}
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("_frozen", "_done_cache", "_actions", "_at", "_clean", "_undo", "_parts")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._parts = []
 
     def key(self, vmm: Vmm, done: frozenset) -> tuple:
+        """The canonical key; it also keeps what the signatures of this state need (``node``)."""
         cache = self.__dict__.setdefault("_done_cache", {})
-        return canonical(vmm, done, self.events, self.classes, cache)
+        parts = self._parts
+        k = canonical(vmm, done, self.events, self.key_classes, cache, parts)
+        parts.append((vmm, done))
+        return k
 
     def node(self, vmm: Vmm, done: frozenset, trace: tuple) -> Node:
-        return Node(self.keep(vmm), done, trace, frozenset(h.kind for h in detect(vmm.host)), _domains(vmm),
-                    0, {k: 0 for k in KINDS}, 0, _outcome(vmm) if len(done) == len(self.events) else None)
+        """A new state's node; with symmetry on the live path, its signatures are taken now from the key
+        just computed for it (``key`` left its parts), not by walking the state again when it is expanded."""
+        return Node(self.keep(vmm, done), done, trace, frozenset(h.kind for h in detect(vmm.host)), _domains(vmm),
+                    0, {k: 0 for k in KINDS}, 0, _outcome(vmm) if len(done) == len(self.events) else None,
+                    self.signatures(vmm, done))
+
+    def signatures(self, vmm: Vmm, done: frozenset) -> dict | None:
+        """What ``orbits`` will need of this state (live path, symmetry, two events or more left), taken
+        from the parts of the key ``key`` just computed for it when it was this state's."""
+        sig = None
+        if self.symmetry and self.live and len(done) < len(self.events) - 1:
+            p = self._parts
+            if len(p) == 6 and p[5][0] is vmm and p[5][1] is done:
+                sig = _signatures(vmm, *p[:5])
+            else:
+                sig = device_signatures(vmm, done, self.events, self.key_classes)
+        self._parts.clear()
+        return sig
 
 
 def expand_level(model: Model, level: dict, nodes_get, nodes_add, max_states=None, edges=None) -> bool:
@@ -323,8 +406,8 @@ def expand_level(model: Model, level: dict, nodes_get, nodes_add, max_states=Non
                     continue
                 cn = model.node(child, done, trace)
                 nodes_add(ckey, cn)
-            elif trace < cn.trace:
-                cn.vmm, cn.trace = model.keep(child), trace
+            elif trace < cn.trace:   # a new representative: its devices' signatures are its own
+                cn.vmm, cn.trace, cn.sig = model.keep(child, done), trace, model.signatures(child, done)
             if edges is not None:
                 edges.extend((key, ckey, e) for e in same)
             accumulate(cn, node, len(same))

@@ -13,6 +13,12 @@ an object not reachable from the restored root is garbage to the model whatever 
 ``shared`` objects (the scenario, profile, system description, strategy, the process's scratch
 memory: what ``Vmm._shared_parts`` names) are never recorded: no op changes them.
 
+Lineage: a snapshot derived from another shares its ``seen`` set (and the objects it names, held so that
+no id is reused): walking a new state stops at anything recorded in any state of the lineage.  That is
+the parent's set plus objects made in sibling branches, which cannot be reached from a state restored
+from the parent (restoring rewrites every reference the parent recorded; a new object is reachable only
+through a reference an event wrote after that).
+
 Restoring is a handful of C-level loops (``map`` over ``setattr``, ``dict.update`` ...), about a
 fifth of a pickle load of the same state.
 """
@@ -21,7 +27,7 @@ from __future__ import annotations
 import types
 from collections import deque
 from itertools import compress, repeat
-from operator import attrgetter, is_not, ne
+from operator import attrgetter, is_not, ne, not_
 
 _ATOMIC = frozenset({int, float, bool, str, bytes, type(None), type, complex, range, types.FunctionType,
                      types.BuiltinFunctionType, types.MethodType, frozenset})
@@ -30,7 +36,9 @@ _plans: dict[type, tuple] = {}
 
 
 def _plan(t: type) -> tuple:
-    """(getter of all slot values, slot names over the MRO, has __dict__) for instances of ``t``."""
+    """(getter of all slot values, slot names over the MRO, has __dict__, frozen) for instances of ``t``.
+    Frozen: a frozen dataclass (a unit, a device's description), whose attributes are never rebound; it is
+    walked through like a tuple and not recorded."""
     p = _plans.get(t)
     if p is None:
         slots = []
@@ -45,7 +53,8 @@ def _plan(t: type) -> tuple:
         elif slots:
             one = attrgetter(slots[0])
             getter = lambda o: (one(o),)   # noqa: E731
-        p = _plans[t] = (getter, tuple(slots), t.__dictoffset__ != 0)
+        params = t.__dict__.get("__dataclass_params__")
+        p = _plans[t] = (getter, tuple(slots), t.__dictoffset__ != 0, bool(params and params.frozen))
     return p
 
 
@@ -59,16 +68,19 @@ class Snapshot:
     Objects the event dropped stay recorded (restoring them is harmless: nothing reachable sees them)."""
 
     __slots__ = ("root", "seen", "objs", "names", "vals", "unset", "dicts", "dict_items", "lists", "list_items",
-                 "sets", "set_items", "bytearrays", "bytearray_data")
+                 "sets", "set_items", "bytearrays", "bytearray_data", "changed", "held")
 
     def __init__(self, root, shared_ids: frozenset | set, parent: "Snapshot | None" = None):
         self.root = root
+        self.changed = None    # derived: what differs from the parent (``undo``), until the caller drops it
         if parent is not None and parent.root is root and self._derive(parent, shared_ids):
             return
         self.objs, self.names, self.vals, self.unset = [], [], [], []
         self.dicts, self.dict_items, self.lists, self.list_items = [], [], [], []
         self.sets, self.set_items, self.bytearrays, self.bytearray_data = [], [], [], []
-        self.seen = set(shared_ids)     # ids of everything recorded (and of the shared parts)
+        # ids of everything recorded (and of the shared parts), with the objects themselves held so no id
+        # is reused; shared with every snapshot derived from this one (module docstring, "Lineage")
+        self.seen, self.held = set(shared_ids), []
         self._walk([root], self.seen)
 
     def _derive(self, p: "Snapshot", shared_ids) -> bool:
@@ -79,29 +91,32 @@ class Snapshot:
             vals = list(map(getattr, p.objs, p.names))
         except AttributeError:     # a slot was deleted
             return False
-        fresh = list(compress(vals, map(is_not, vals, p.vals)))
-        dict_items = list(map(tuple, map(dict.items, p.dicts)))
-        for a in compress(dict_items, map(ne, dict_items, p.dict_items)):
-            fresh.extend(x for kv in a for x in kv)
-        list_items = list(map(tuple, p.lists))
-        for a in compress(list_items, map(ne, list_items, p.list_items)):
-            fresh.extend(a)
-        set_items = list(map(tuple, p.sets))
-        for a in compress(set_items, map(ne, set_items, p.set_items)):
-            fresh.extend(a)
+        slots = list(compress(range(len(vals)), map(is_not, vals, p.vals)))
+        fresh = [vals[i] for i in slots]
+        # containers: each compared with the parent's copy (C loops); a changed one is copied anew and its
+        # items walked, an unchanged one shares the parent's copy (copies are never mutated)
+        dict_items, list_items, set_items = list(p.dict_items), list(p.list_items), list(p.set_items)
+        self.changed = changed = (slots, [], [], [])
+        for live, copies, new, idx in ((p.dicts, p.dict_items, dict_items, changed[1]),
+                                       (p.lists, p.list_items, list_items, changed[2]),
+                                       (p.sets, p.set_items, set_items, changed[3])):
+            for i in compress(range(len(live)), map(ne, live, copies)):
+                idx.append(i)
+                c = new[i] = live[i].copy()
+                fresh.extend(c)
+                if type(c) is dict:
+                    fresh.extend(c.values())
         self.objs, self.names, self.vals, self.unset = p.objs, p.names, vals, p.unset
         self.dicts, self.dict_items, self.lists, self.list_items = p.dicts, dict_items, p.lists, list_items
         self.sets, self.set_items = p.sets, set_items
         self.bytearrays, self.bytearray_data = p.bytearrays, list(map(bytes, p.bytearrays))
-        self.seen = p.seen
-        seen = p.seen
-        fresh = [v for v in fresh if type(v) not in _ATOMIC and id(v) not in seen]
-        if fresh:   # new objects: walk them, appending to copies of the parent's lists
+        self.seen, self.held = seen, _ = p.seen, p.held
+        fresh = list(compress(fresh, map(not_, map(seen.__contains__, map(id, fresh)))))
+        if fresh:   # new objects (or atomic values, which the walk skips): walk them, appending to copies
             self.objs, self.names, self.unset = list(p.objs), list(p.names), list(p.unset)
             self.dicts, self.lists, self.sets, self.bytearrays = \
                 list(p.dicts), list(p.lists), list(p.sets), list(self.bytearrays)
-            self.seen = set(seen)
-            self._walk(fresh, self.seen)
+            self._walk(fresh, seen)
         return True
 
     def _walk(self, stack: list, seen: set) -> None:
@@ -109,7 +124,7 @@ class Snapshot:
         objs, names, vals, unset = self.objs, self.names, self.vals, self.unset
         dicts, dict_items, lists, list_items = self.dicts, self.dict_items, self.lists, self.list_items
         sets, set_items, bas, ba_data = self.sets, self.set_items, self.bytearrays, self.bytearray_data
-        seen_add = seen.add
+        seen_add, hold = seen.add, self.held.append
         push, extend, pop = stack.append, stack.extend, stack.pop
         atomic, plans = _ATOMIC, _plans
         while stack:
@@ -121,26 +136,33 @@ class Snapshot:
             if i in seen:
                 continue
             seen_add(i)
+            hold(o)
             if t is tuple:
                 extend(o)
             elif t is dict:
                 dicts.append(o)
-                dict_items.append(tuple(o.items()))
+                dict_items.append(o.copy())
                 extend(o)
                 extend(o.values())
             elif t is list:
                 lists.append(o)
-                list_items.append(tuple(o))
+                list_items.append(o.copy())
                 extend(o)
             elif t is set:
                 sets.append(o)
-                set_items.append(tuple(o))
+                set_items.append(o.copy())
                 extend(o)
             elif t is bytearray:
                 bas.append(o)
                 ba_data.append(bytes(o))
             else:
-                getter, slots, has_dict = plans.get(t) or _plan(t)
+                getter, slots, has_dict, frozen = plans.get(t) or _plan(t)
+                if frozen:
+                    if slots:
+                        extend(getter(o))
+                    if has_dict:
+                        extend(o.__dict__.values())
+                    continue
                 if slots:
                     try:
                         values = getter(o)
@@ -164,6 +186,27 @@ class Snapshot:
                     push(o.__dict__)
                 elif not slots:
                     raise TypeError(f"snapshot: cannot record a {t.__name__} (no slots, no __dict__)")
+
+    def undo(self, changed: tuple):
+        """``restore`` when the live objects are exactly a snapshot derived from this one, whose ``changed``
+        is given: only what the derivation found different is written back (objects created since are
+        no longer reachable).  Returns the root."""
+        slots, dicts, lists, sets = changed
+        objs, names, vals = self.objs, self.names, self.vals
+        for i in slots:
+            setattr(objs[i], names[i], vals[i])
+        for i in dicts:
+            d = self.dicts[i]
+            d.clear()
+            d.update(self.dict_items[i])
+        for i in lists:
+            self.lists[i][:] = self.list_items[i]
+        for i in sets:
+            t = self.sets[i]
+            t.clear()
+            t.update(self.set_items[i])
+        deque(map(bytearray.__setitem__, self.bytearrays, repeat(slice(None)), self.bytearray_data), 0)
+        return self.root
 
     def restore(self):
         """Put every recorded object back as it was; returns the root."""

@@ -122,19 +122,19 @@ def explorer_breakdown(sc, profile: str = PROFILE) -> dict:
     prof.disable()
     st = pstats.Stats(prof)
     total = st.total_tt or 1.0
-    phase = {"restore states (snapshot.restore)": 0.0, "record new states (Snapshot)": 0.0,
-             "run events on the model": 0.0, "canonical key": 0.0, "hazard detection": 0.0}
-    for (file, _, name), (_, _, tt, ct, _) in st.stats.items():
-        if file.endswith("snapshot.py") and name == "restore":
-            phase["restore states (snapshot.restore)"] += ct
-        elif file.endswith("snapshot.py") and name == "__init__":
-            phase["record new states (Snapshot)"] += ct
-        elif file.endswith("runner.py") and name == "apply":
-            phase["run events on the model"] += ct
-        elif file.endswith("explore.py") and name == "canonical":
-            phase["canonical key"] += ct
-        elif file.endswith("hazards.py") and name == "detect":
-            phase["hazard detection"] += ct
+    where = {("snapshot.py", "restore"): "restore states (snapshot.restore)",
+             ("snapshot.py", "undo"): "undo a sibling's event (snapshot.undo)",
+             ("snapshot.py", "__init__"): "record new states (Snapshot)",
+             ("runner.py", "apply"): "run events on the model",
+             ("explore.py", "canonical"): "canonical key",
+             ("hazards.py", "detect"): "hazard detection"}
+    phase = dict.fromkeys(where.values(), 0.0)
+    calls = dict.fromkeys(where.values(), 0)
+    for (file, _, name), (_, nc, tt, ct, _) in st.stats.items():
+        label = where.get((Path(file).name, name))
+        if label is not None:
+            phase[label] += ct
+            calls[label] += nc
     shares = {k: round(v / total, 3) for k, v in phase.items()}
     shares["rest (BFS bookkeeping, counting)"] = round(max(0.0, 1 - sum(shares.values())), 3)
     _, with_gc, _ = _best(lambda: explore(sc, profile, symmetry=False), 1)
@@ -143,7 +143,10 @@ def explorer_breakdown(sc, profile: str = PROFILE) -> dict:
         _, without_gc, _ = _best(lambda: explore(sc, profile, symmetry=False), 1)
     finally:
         gc.enable()
-    return {"phases_share_cprofile": shares, "top_functions": top_functions(prof),
+    # per call, under the profiler (which inflates small calls): what one transition or one new state costs
+    per_call = {k: {"calls": calls[k], "us_per_call": round(phase[k] / calls[k] * 1e6, 1) if calls[k] else None}
+                for k in phase}
+    return {"phases_share_cprofile": shares, "phases_per_call_cprofile": per_call, "top_functions": top_functions(prof),
             "gc_share": round(max(0.0, with_gc - without_gc) / with_gc, 3) if with_gc else None}
 
 
