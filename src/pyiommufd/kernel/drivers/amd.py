@@ -19,7 +19,7 @@ class AmdDriver(Driver):
         return True
 
     def resv_regions(self, dev):
-        return [(MSI_RANGE[0], MSI_RANGE[1], RESV_MSI)]
+        return ((MSI_RANGE[0], MSI_RANGE[1], RESV_MSI),)
 
     def dma_coherent(self, domain: Domain, dev, iova: int, snoop: bool) -> bool:
         return True  # IOMMU_PTE_FC on every IOPTE, whatever the domain says

@@ -132,8 +132,9 @@ class Driver:
     def check_map(self, domain: Domain, start: int, last: int, prot: int) -> None:
         """ops->map_pages refusing a mapping (raise KernelErr) before ``domain.map`` records it."""
 
-    def resv_regions(self, dev) -> list[tuple[int, int, str]]:
-        return []
+    def resv_regions(self, dev) -> tuple[tuple[int, int, str], ...]:
+        """iommu_get_resv_regions: (start, last, type) of each region (a constant tuple: callers only read it)."""
+        return ()
 
     def hw_info(self, dev) -> tuple[int, bytes]:
         return 0, b""

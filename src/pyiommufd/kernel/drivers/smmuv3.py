@@ -34,7 +34,7 @@ class Smmuv3Driver(Driver):
             raise KernelErr(errno.EINVAL, f"{dev.name}: enforcing domain, master lacks CANWBS")
 
     def resv_regions(self, dev):
-        return [(MSI_IOVA[0], MSI_IOVA[1], RESV_SW_MSI)]
+        return ((MSI_IOVA[0], MSI_IOVA[1], RESV_SW_MSI),)
 
     def dma_coherent(self, domain: Domain, dev, iova: int, snoop: bool) -> bool:
         return snoop or (domain.enforce_cc and dev.canwbs)
