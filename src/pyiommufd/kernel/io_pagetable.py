@@ -428,7 +428,7 @@ class IoPagetable:
     def check_iova_alignment(self, new_align: int) -> None:
         """iopt_check_iova_alignment: every area's IOVA, length and page offset conform (EADDRINUSE)."""
         mask = new_align - 1
-        for s, (l, _) in self.areas.items():
+        for s, (l, _) in (self.areas.items() if self.areas._values else ()):
             if s & mask or (l - s + 1) & mask or (self.area_src[s].start_byte % PAGE_SIZE) & mask:
                 raise KernelErr(errno.EADDRINUSE, "existing mapping not aligned to the new iova_alignment")
 

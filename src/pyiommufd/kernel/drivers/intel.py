@@ -111,7 +111,8 @@ class IntelDriver(Driver):
             return False
         if domain.enforce_cc:
             return True
-        non_sc = tuple(d for d in domain.devices if not self.capable_enforce_cc(self.host.devices[d]))
+        capable, devices = self.capable_enforce_cc, self.host.devices
+        non_sc = tuple([d for d in domain.devices if not capable(devices[d])])
         if non_sc and self.profile.intel_driver_checks:
             return False
         if self.profile.intel_has_mappings_fix and not domain.first_level and domain.has_mappings:
