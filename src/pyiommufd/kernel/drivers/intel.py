@@ -29,6 +29,10 @@ def domain_address_width(cap: int) -> int:
     return min(30 + 9 * agaw, mgaw)
 
 
+# Every emulated unit reports QEMU_CAP: its width is static configuration, worked out once.
+QEMU_CAP_WIDTH = domain_address_width(QEMU_CAP)
+
+
 class IntelDriver(Driver):
     name = "intel"
     hw_info_type = uapi.IOMMU_HW_INFO_TYPE_INTEL_VTD
@@ -70,7 +74,7 @@ class IntelDriver(Driver):
         if self.profile.intel_aperture_at_alloc:
             # 6.12.117 paging_domain_alloc: gaw and max_addr from the unit; the aperture as
             # domain_update_iommu_cap sets it.
-            dom.gaw = domain_address_width(QEMU_CAP)
+            dom.gaw = QEMU_CAP_WIDTH   # domain_address_width(QEMU_CAP)
             dom.max_addr = (1 << dom.gaw) - 1
             self._set_aperture(dom)
         else:
@@ -138,7 +142,7 @@ class IntelDriver(Driver):
             raise KernelErr(errno.EINVAL, f"{dev.name}: dirty tracking domain, {dev.unit} lacks SSADS")
         if domain.kind != "paging":
             return
-        width = domain_address_width(QEMU_CAP)
+        width = QEMU_CAP_WIDTH   # domain_address_width(QEMU_CAP)
         if domain.max_addr > 1 << width:
             raise KernelErr(errno.EINVAL, f"{dev.name}: domain maps up to {domain.max_addr:#x}, "
                                           f"{dev.unit} translates {width} bits")
