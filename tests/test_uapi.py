@@ -119,3 +119,12 @@ def test_layout_refuses_fields_out_of_order_or_a_struct_without_size():
         uapi.Layout(uapi.iommu_ioas_map, "iova", "flags")
     with pytest.raises(ValueError):
         uapi.Layout(uapi.iommu_iova_range, "start")
+
+
+def test_field_packer_writes_the_field_at_its_offset():
+    pack_into, offset, name = uapi.field_packer(uapi.vfio_device_bind_iommufd, (12, 16))
+    buf = bytearray(16)
+    pack_into(buf, offset, 0x1234)
+    assert name == "out_devid" and uapi.vfio_device_bind_iommufd.from_buffer_copy(buf).out_devid == 0x1234
+    with pytest.raises(ValueError):
+        uapi.field_packer(uapi.vfio_device_bind_iommufd, (10, 16))

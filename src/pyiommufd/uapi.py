@@ -217,6 +217,16 @@ class Layout:
         return lambda buf: unpack_from(buf, offset)[0]
 
 
+def field_packer(cls: type[ctypes.Structure], span: tuple[int, int]):
+    """(pack_into, offset, name) writing the scalar field of ``cls`` that occupies ``span``
+    (start, end) into a buffer: ``pack_into(buf, offset, value)``."""
+    for name, ctype in cls._fields_:
+        f = getattr(cls, name)
+        if (f.offset, f.offset + f.size) == tuple(span):
+            return struct.Struct("<" + _STRUCT_CODES[ctype]).pack_into, f.offset, name
+    raise ValueError(f"{cls.__name__}: no field at {span}")
+
+
 class iommu_destroy(_Struct):
     """struct iommu_destroy { __u32 size; __u32 id; };"""
     _fields_ = [("size", u32), ("id", u32)]

@@ -161,8 +161,10 @@ def _copy_out_whole(buf, cmd, n: int) -> None:
         memoryview(buf).cast("B")[:n] = memoryview(cmd).cast("B")
 
 
-# The _CDEV_OPS requests whose minsz is the whole struct (copy_from_user of minsz bytes = the struct).
-_WHOLE_STRUCT = frozenset(req for req, (kstruct, minsz, _, _) in _CDEV_OPS.items() if minsz == ctypes.sizeof(kstruct))
+# The _CDEV_OPS requests whose minsz is the whole struct (copy_from_user of minsz bytes = the struct),
+# with the field copied back as (struct.pack_into of its type, offset, name), or None.
+_WHOLE_STRUCT = {req: out and uapi.field_packer(kstruct, out)
+                 for req, (kstruct, minsz, _, out) in _CDEV_OPS.items() if minsz == ctypes.sizeof(kstruct)}
 
 
 class UserMemory:
@@ -563,8 +565,8 @@ class Host:
             cmd = kstruct.from_buffer_copy(buf)   # copy_from_user of minsz bytes: the whole struct
             handler(self, f, cmd, minsz)
             if out:   # copy_to_user of just that field
-                start, end = out
-                buf[start:end] = bytes(cmd)[start:end]
+                pack_into, offset, name = _WHOLE_STRUCT[request]
+                pack_into(buf, offset, getattr(cmd, name))
             return 0
         mv = memoryview(buf).cast("B")
         if len(mv) < minsz:
