@@ -254,6 +254,7 @@ class Model:
         ids = {c: i for i, c in enumerate(sorted(set(self.classes.values()), key=repr))}
         self.key_classes = {n: ids[c] for n, c in self.classes.items()} if symmetry else self.classes
         self._parts: list = []
+        self.outcome_at: frozenset | None = None   # a done-set whose states also get an outcome (``explore_prefix``)
         self.live = live
         own = {}
         for e in self.events:
@@ -371,7 +372,8 @@ class Model:
         """A new state's node; with symmetry on the live path, its signatures are taken now from the key
         just computed for it (``key`` left its parts), not by walking the state again when it is expanded."""
         return Node(self.keep(vmm, done), done, trace, frozenset(h.kind for h in detect(vmm.host)), _domains(vmm),
-                    0, {k: 0 for k in KINDS}, 0, _outcome(vmm) if len(done) == len(self.events) else None,
+                    0, {k: 0 for k in KINDS}, 0,
+                    _outcome(vmm) if len(done) == len(self.events) or done == self.outcome_at else None,
                     self.signatures(vmm, done))
 
     def signatures(self, vmm: Vmm, done: frozenset) -> dict | None:
@@ -507,24 +509,28 @@ def root_node(model: Model) -> tuple[tuple, Node]:
 
 def explore(sc: Scenario, profile: str | None = None, strategy: str = "kernel-auto", *, symmetry: bool = True,
             max_states: int | None = None, progress=None, graph_limit: int = 0, live: bool = True,
-            nodes_out: dict | None = None) -> dict:
+            nodes_out: dict | None = None, outcome_at: frozenset | None = None) -> dict:
     """Explore every order of ``sc.events`` in this process; the DESIGN.md explore JSON.
     With ``graph_limit`` > 0 and at most that many states, the state graph is included.
     ``live=False``: a copy of the machine per state (``Vmm.freeze``/``thaw``), the reference the
-    live path is tested against.  ``nodes_out``: filled with every state's key -> its Node (tests)."""
+    live path is tested against.  ``nodes_out``: filled with every state's key -> its Node (tests).
+    ``outcome_at``: a done-set whose states get an outcome too, as final states do (``explore_prefix``)."""
     gc_was = gc.isenabled()
     if live:   # the live path makes few objects; the collector would only rescan the growing node table
         gc.disable()
     try:
-        return _explore(sc, profile, strategy, symmetry, max_states, progress, graph_limit, live, nodes_out)
+        return _explore(sc, profile, strategy, symmetry, max_states, progress, graph_limit, live, nodes_out,
+                        outcome_at)
     finally:
         if gc_was:
             gc.enable()
 
 
-def _explore(sc, profile, strategy, symmetry, max_states, progress, graph_limit, live, nodes_out) -> dict:
+def _explore(sc, profile, strategy, symmetry, max_states, progress, graph_limit, live, nodes_out,
+             outcome_at=None) -> dict:
     t0 = time.perf_counter()
     model = Model(sc, profile, strategy, symmetry, live)
+    model.outcome_at = outcome_at
     root_key, root = root_node(model)
     nodes: dict[tuple, Node] = {root_key: root}
     level = {root_key: root}
@@ -559,6 +565,46 @@ def _explore(sc, profile, strategy, symmetry, max_states, progress, graph_limit,
                        "ways": n.ways} for k, n in nodes.items()],
             "edges": [[ids[a], ids[b], model.events[ei].label] for a, b, ei in edges]}
     return res
+
+
+def _partition(classes: dict) -> set:
+    """A device -> class map as the partition of the devices it makes (class names aside)."""
+    by: dict = {}
+    for d, c in classes.items():
+        by.setdefault(c, set()).add(d)
+    return {frozenset(v) for v in by.values()}
+
+
+def explore_prefix(sc: Scenario, sub: Scenario, profile: str | None = None, strategy: str = "kernel-auto", *,
+                   symmetry: bool = True, max_states: int | None = None) -> tuple[dict, dict | None]:
+    """Explore ``sc``; also give ``sub``'s explore result, read off the same states, when ``sub`` is ``sc``
+    with its later events left out (a sweep system without its hot-unplugs, sweep.py): None when it is not.
+
+    Why that is ``sub``'s exploration: a state whose done-set holds only ``sub``'s events (the first k) is
+    reached only through such states and events, so those states, their edges, least traces and the
+    order counts along them (a state's counts sum over its incoming edges) are ``sub``'s own -- provided
+    the stage and those events are the same, the key merges the same states (symmetry classes partition
+    the devices alike in both), and the exploration was not cut short.  ``sub``'s final states are those
+    whose done-set is exactly the first k events: they get an outcome (``outcome_at``).  The derived result
+    has no time of its own (``seconds`` 0) and says ``derived``.  tests/test_explore_prefix.py checks it
+    against exploring ``sub`` on every sweep system up to 4 devices."""
+    k = len(sub.events)
+    same = (sub.steps == sc.steps and sub.system == sc.system and sub.profile == sc.profile and
+            0 < k < len(sc.events) and
+            all((a.op, a.args, a.after, a.label) == (b.op, b.args, b.after, b.label)
+                for a, b in zip(sub.events, sc.events)) and
+            _partition(device_classes(sub, symmetry)) == _partition(device_classes(sc, symmetry)))
+    prefix = frozenset(range(k)) if same else None
+    nodes: dict = {}
+    r = explore(sc, profile, strategy, symmetry=symmetry, max_states=max_states, nodes_out=nodes, outcome_at=prefix)
+    if not same or r["truncated"]:
+        return r, None
+    sub_model = Model(sub, profile, strategy, symmetry)
+    sub_nodes = [n for n in nodes.values() if n.done <= prefix]
+    facts = summary_facts(sub_model, sub_nodes, [n for n in sub_nodes if n.done == prefix])
+    out = summary_from_facts(sub_model, facts, False, 0.0)
+    out["derived"] = f"from the exploration of {sc.name}: its states with none of the later events done"
+    return r, out
 
 
 def replay(sc: Scenario, profile: str, trace: list[dict], strategy: str = "kernel-auto") -> Vmm:

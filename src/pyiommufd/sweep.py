@@ -282,32 +282,59 @@ def policy_name(profile: str, strategy: str) -> str:
 
 
 # -- one system under every policy (the unit of work every engine runs) ------------------------
+def _compact(r: dict, cpu: float) -> dict:
+    out = {k: r[k] for k in ("orders", "states", "seconds", "domain_counts", "order_dependent",
+                             "optimal_domains", "worst_domains", "hazard_free_orders", "truncated")}
+    out["cpu_seconds"] = cpu
+    out["hazards"] = [{"kind": h["kind"], "count": h["count"], "trace": h["trace"]} for h in r["hazards"]]
+    out["outcome_traces"] = r.get("outcome_traces", [])
+    out["domain_traces"] = r.get("domain_traces", {})
+    if "derived" in r:
+        out["derived"] = r["derived"]
+    return out
+
+
 def explore_system(shape: SystemShape, policies: list[tuple[str, str]], max_states: int | None = None,
-                   symmetry: bool = True) -> dict:
-    """Explore one system under each policy; a compact, picklable result (no model state)."""
-    from .explore import explore
+                   symmetry: bool = True, plain_too: bool = False) -> dict:
+    """Explore one system under each policy; a compact, picklable result (no model state).
+    ``plain_too`` (a ``+unplug`` shape): the same system without hot-unplugs is read off the same
+    explorations (``explore.explore_prefix``) and returned as ``also`` (explored on its own where it
+    cannot be read off: a truncated exploration)."""
+    from .explore import explore, explore_prefix
     sc = scenario_for(shape)
-    out = {}
+    plain = SystemShape(shape.units) if plain_too and shape.unplug else None
+    psc = scenario_for(plain) if plain is not None else None
+    out, pout = {}, {}
     for prof, strat in policies:
         name = policy_name(prof, strat)
         cpu = time.process_time()
         try:
-            r = explore(sc, prof, strat, symmetry=symmetry, max_states=max_states)
+            if psc is None:
+                r = explore(sc, prof, strat, symmetry=symmetry, max_states=max_states)
+            else:
+                r, pr = explore_prefix(sc, psc, prof, strat, symmetry=symmetry, max_states=max_states)
         except ScenarioError as e:
             out[name] = {"skipped": str(e)}
+            if psc is not None:
+                pout[name] = {"skipped": str(e)}
             continue
-        out[name] = {k: r[k] for k in ("orders", "states", "seconds", "domain_counts", "order_dependent",
-                                       "optimal_domains", "worst_domains", "hazard_free_orders", "truncated")}
-        out[name]["cpu_seconds"] = time.process_time() - cpu
-        out[name]["hazards"] = [{"kind": h["kind"], "count": h["count"], "trace": h["trace"]} for h in r["hazards"]]
-        out[name]["outcome_traces"] = r.get("outcome_traces", [])
-        out[name]["domain_traces"] = r.get("domain_traces", {})
-    return {"system": shape.label(), "results": out}
+        out[name] = _compact(r, time.process_time() - cpu)
+        if psc is not None:
+            if pr is None:
+                cpu = time.process_time()
+                pr = explore(psc, prof, strat, symmetry=symmetry, max_states=max_states)
+                pout[name] = _compact(pr, time.process_time() - cpu)
+            else:
+                pout[name] = _compact(pr, 0.0)
+    res = {"system": shape.label(), "results": out}
+    if plain is not None:
+        res["also"] = {"system": plain.label(), "results": pout}
+    return res
 
 
 def _task(args):   # ProcessPoolExecutor needs a module-level callable
-    label, policies, max_states, symmetry = args
-    return explore_system(SystemShape.from_label(label), policies, max_states, symmetry)
+    label, policies, max_states, symmetry, plain_too = args
+    return explore_system(SystemShape.from_label(label), policies, max_states, symmetry, plain_too)
 
 
 def cost_order(shapes: list[SystemShape]) -> list[SystemShape]:
@@ -385,16 +412,27 @@ def run_sweep(shapes: list[SystemShape], policies: list[tuple[str, str]], *, eng
         raise ValueError("jobs is the default engine's; give the engine its workers instead")
     t0 = time.perf_counter() if started is None else started
     precomputed = precomputed or {}
-    tasks = [(s.label(), policies, max_states, symmetry) for s in cost_order(shapes) if s.label() not in precomputed]
+    # a system without hot-unplugs is read off its +unplug twin's explorations when both are to be explored
+    todo = {s.label() for s in shapes} - set(precomputed)
+    folded = {s.label() for s in shapes if s.unplug and SystemShape(s.units).label() in todo} & todo
+    tasks = []
+    for s in cost_order(shapes):
+        label = s.label()
+        if label not in todo or (not s.unplug and f"{label} +unplug" in folded):
+            continue
+        tasks.append((label, policies, max_states, symmetry, label in folded))
     per_system: dict[str, dict] = {}
     best: dict[str, dict] = {}
     states = [0]
 
     def done(r):
-        per_system[r["system"]] = reduce_system(SystemShape.from_label(r["system"]), r["results"], best)
-        states[0] += sum(x.get("states", 0) for x in r["results"].values())
-        if progress:
-            progress(len(per_system), len(shapes), r["system"])
+        for one in (r, r.get("also")):
+            if one is None:
+                continue
+            per_system[one["system"]] = reduce_system(SystemShape.from_label(one["system"]), one["results"], best)
+            states[0] += sum(x.get("states", 0) for x in one["results"].values() if "derived" not in x)
+            if progress:
+                progress(len(per_system), len(shapes), one["system"])
 
     for label in [s.label() for s in shapes if s.label() in precomputed]:
         done(precomputed[label])
@@ -434,6 +472,8 @@ def reduce_system(shape: SystemShape, results: dict, best: dict) -> dict:
         fails = _failures(shape, r)
         out[name] = dict(_slim(r), failures=list(fails), seconds=r.get("seconds", 0),
                          cpu_seconds=r.get("cpu_seconds", 0))
+        if "derived" in r:
+            out[name]["derived"] = r["derived"]
         mine = best.setdefault(name, {})
         for f, trace in fails.items():
             if f not in mine or shape.size_key() < mine[f]["size"]:
@@ -448,7 +488,9 @@ def aggregate(shapes: list[SystemShape], policies: list[tuple[str, str]], per_sy
     the same whatever engine produced them, in whatever order."""
     shapes = sorted(shapes, key=SystemShape.size_key)
     names = [policy_name(p, s) for p, s in policies]
-    total_states = sum(r.get("states", 0) for res in per_system.values() for r in res.values())
+    # states explored: a system read off its +unplug twin's explorations (``derived``) explored none of its own
+    total_states = sum(r.get("states", 0) for res in per_system.values() for r in res.values() if "derived" not in r)
+    derived = sum(1 for res in per_system.values() for r in res.values() if "derived" in r)
     total_explore_s = sum(r.get("seconds", 0) for res in per_system.values() for r in res.values())
     total_cpu_s = sum(r.get("cpu_seconds", 0) for res in per_system.values() for r in res.values())
     out_pol = {}
@@ -513,6 +555,7 @@ def aggregate(shapes: list[SystemShape], policies: list[tuple[str, str]], per_sy
         "cpu_seconds": round(total_cpu_s, 3),
         "cpu_ms_per_state": round(1000 * total_cpu_s / total_states, 4) if total_states else None,
         "engine": info or {},
+        "derived_explorations": derived,
         "counting": "shares count system shapes, each once (unplug variants are separate systems); "
                     "share_labelled weighs each shape by the labelled systems it stands for",
     }

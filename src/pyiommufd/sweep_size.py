@@ -105,7 +105,7 @@ class SweepSize:
     max_devices: int | None
     policies: int
     workers: int
-    lower_bound: int               # states, summed over the counted explorations
+    lower_bound: int               # states, summed over the explorations the sweep runs (folded systems aside)
     states: float                  # estimated
     cpu_seconds: float
     seconds: float                 # estimated wall time on the workers
@@ -117,12 +117,18 @@ class SweepSize:
         return len(self.shapes) * self.policies
 
     @property
+    def folded(self) -> int:
+        """Explorations read off a +unplug twin's (sweep.run_sweep): systems without hot-unplugs whose twin is swept."""
+        labels = {s.label() for s in self.shapes}
+        return sum(1 for s in self.shapes if not s.unplug and f"{s.label()} +unplug" in labels) * self.policies
+
+    @property
     def beyond_bound(self) -> bool:
         return self.seconds > self.bound_seconds
 
     def to_json(self) -> dict:
         return {"systems": len(self.shapes), "complete": self.complete, "explorations": self.explorations,
-                "policies": self.policies, "workers": self.workers, "lower_bound_states": self.lower_bound,
+                "policies": self.policies, "folded_explorations": self.folded, "workers": self.workers, "lower_bound_states": self.lower_bound,
                 "estimated_states": round(self.states), "estimated_cpu_seconds": round(self.cpu_seconds, 1),
                 "estimated_seconds": round(self.seconds, 1), "bound_seconds": self.bound_seconds,
                 "calibration": self.calibration.to_json()}
@@ -134,7 +140,8 @@ class SweepSize:
                                             f"{self.max_devices}; counting stopped at the bound)")
         cal = self.calibration
         return (f"sweep: {at_least}{_n(len(self.shapes), 'system')}{counted} x {_n(self.policies, 'policy')} = "
-                f"{at_least}{_n(self.explorations, 'exploration')}; estimated {at_least}{_count(self.states)} states, "
+                f"{at_least}{_n(self.explorations, 'exploration')}"
+                f"{f' ({self.folded:,} read off their +unplug twins)' if self.folded else ''}; estimated {at_least}{_count(self.states)} states, "
                 f"{duration(self.cpu_seconds)} CPU, {duration(self.seconds)} on {_n(self.workers, 'worker')} (from "
                 f"{_n(len(cal.results), 'system')} explored first: {cal.ratio:.2f} states per lower-bound state, "
                 f"{1000 * cal.cpu_per_state:.2f} ms CPU per state)")
@@ -176,21 +183,27 @@ def size_sweep(sizes, policies: list, *, workers: int, symmetry: bool = True, ma
         est = done_sets(s, symmetry) * ratio
         return min(est, max_states) if max_states else est
 
+    def explored(shapes: list[SystemShape]) -> list[SystemShape]:
+        """The systems the sweep explores: one without hot-unplugs whose +unplug twin is swept too (the same
+        device count: the same batch) is read off the twin's explorations (sweep.run_sweep)."""
+        labels = {s.label() for s in shapes}
+        return [s for s in shapes if s.unplug or f"{s.label()} +unplug" not in labels]
+
     est_states = 0.0
     for batch in sizes:
         shapes.extend(batch)
-        lower += sum(done_sets(s, symmetry) for s in batch) * P
+        lower += sum(done_sets(s, symmetry) for s in explored(batch)) * P
         counted = max([counted] + [s.devices for s in batch])
         if cal is None and lower >= _CALIBRATE_AT:
             cal = calibrate(shapes, policies, symmetry=symmetry, max_states=max_states)
         if cal is not None and not force:
-            est_states = sum(per_exploration(s, cal.ratio) for s in shapes) * P
+            est_states = sum(per_exploration(s, cal.ratio) for s in explored(shapes)) * P
             if est_states * cal.cpu_per_state / workers > bound_seconds:
                 complete = counted >= (max_devices or counted)
                 break
     if cal is None:
         cal = calibrate(shapes, policies, symmetry=symmetry, max_states=max_states) if shapes else Calibration()
-    est_states = sum(per_exploration(s, cal.ratio) for s in shapes) * P
+    est_states = sum(per_exploration(s, cal.ratio) for s in explored(shapes)) * P
     cpu = est_states * cal.cpu_per_state
     return SweepSize(shapes, complete, counted, max_devices, P, workers, lower, est_states, cpu, cpu / workers, cal,
                      bound_seconds)
