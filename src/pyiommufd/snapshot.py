@@ -110,9 +110,11 @@ class Snapshot:
         self.dicts, self.dict_items, self.lists, self.list_items = p.dicts, dict_items, p.lists, list_items
         self.sets, self.set_items = p.sets, set_items
         self.bytearrays, self.bytearray_data = p.bytearrays, list(map(bytes, p.bytearrays))
-        self.seen, self.held = seen, _ = p.seen, p.held
+        seen = self.seen = p.seen
+        self.held = p.held
+        fresh = list(compress(fresh, map(not_, map(_ATOMIC.__contains__, map(type, fresh)))))
         fresh = list(compress(fresh, map(not_, map(seen.__contains__, map(id, fresh)))))
-        if fresh:   # new objects (or atomic values, which the walk skips): walk them, appending to copies
+        if fresh:   # new objects: walk them, appending to copies
             self.objs, self.names, self.unset = list(p.objs), list(p.names), list(p.unset)
             self.dicts, self.lists, self.sets, self.bytearrays = \
                 list(p.dicts), list(p.lists), list(p.sets), list(self.bytearrays)
