@@ -79,8 +79,7 @@ class Iommufd:
         return self.fd
 
     def ioctl(self, request: int, struct) -> int:
-        fd = self.fd
-        return self.transport.ioctl(fd if fd is not None else self._fd(), request, struct)
+        return self.transport.ioctl(self._fd(), request, struct)
 
     def ioas_alloc(self) -> "Ioas":
         cmd = _IOAS_ALLOC.pack()
@@ -257,15 +256,13 @@ class VfioDevice:
         """VFIO_DEVICE_ATTACH_IOMMUFD_PT: an IOAS id runs the kernel's auto-domain search,
         a HWPT id attaches there; on an attached device this is a replace.  Returns the pt id used."""
         cmd = _ATTACH.pack(pt_id)
-        fd = self.fd
-        self.transport.ioctl(fd if fd is not None else self._fd(), uapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT, cmd)
+        self.transport.ioctl(self._fd(), uapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT, cmd)
         return _ATTACH_PT(cmd)
 
     replace = attach
 
     def detach(self) -> None:
-        fd = self.fd
-        self.transport.ioctl(fd if fd is not None else self._fd(), uapi.VFIO_DEVICE_DETACH_IOMMUFD_PT, _DETACH.pack())
+        self.transport.ioctl(self._fd(), uapi.VFIO_DEVICE_DETACH_IOMMUFD_PT, _DETACH.pack())
 
     def close(self) -> None:
         """Closing the cdev unbinds the device (detaching it first)."""

@@ -459,9 +459,7 @@ class Host:
         raise KernelErr(errno.ENOTTY, "device ioctls other than iommufd's are not modelled")
 
     def _iommufd_ioctl(self, ctx: IommufdCtx, request: int, buf) -> int:
-        profile = self.profile
-        known = _OP_TABLE_OF.get(id(profile))   # _iommufd_op_table's cache, looked up in line
-        op = (known[1] if known is not None and known[0] is profile else _iommufd_op_table(profile)).get(request)
+        op = _iommufd_op_table(self.profile).get(request)
         if op is None:   # unknown, too new, malformed request number or not modelled: the full path
             return self._iommufd_ioctl_checked(ctx, request, buf)
         handler, kstruct, min_size, ksize = op
@@ -479,10 +477,7 @@ class Host:
                 if e.respond:   # the handler responded, then failed (IOAS_IOVA_RANGES' EMSGSIZE)
                     _copy_out_whole(buf, cmd, ksize)
                 raise
-            if type(buf) is bytearray:   # iommufd_ucmd_respond
-                buf[:ksize] = cmd
-            else:
-                _copy_out_whole(buf, cmd, ksize)
+            _copy_out_whole(buf, cmd, ksize)   # iommufd_ucmd_respond
             return 0
         return self._iommufd_ioctl_sized(ctx, handler, kstruct, min_size, ksize, buf)
 

@@ -132,7 +132,7 @@ class IoPagetable:
     def area_iter_first(self, start: int, last: int):
         """iopt_area_iter_first: the lowest area intersecting [start, last], or None."""
         areas = self.areas
-        if not areas._values:   # no area at all (every auto domain's reservation, a fresh IOAS)
+        if not areas:   # no area at all (every auto domain's reservation, a fresh IOAS)
             return None
         a_start = areas.floor(start)
         if a_start is not None:
@@ -428,7 +428,7 @@ class IoPagetable:
     def check_iova_alignment(self, new_align: int) -> None:
         """iopt_check_iova_alignment: every area's IOVA, length and page offset conform (EADDRINUSE)."""
         mask = new_align - 1
-        for s, (l, _) in (self.areas.items() if self.areas._values else ()):
+        for s, (l, _) in self.areas.items():
             if s & mask or (l - s + 1) & mask or (self.area_src[s].start_byte % PAGE_SIZE) & mask:
                 raise KernelErr(errno.EADDRINUSE, "existing mapping not aligned to the new iova_alignment")
 
@@ -502,7 +502,7 @@ class IoPagetable:
                                                   f"aperture ({s:#x}-{l:#x})")
         # iopt_fill_domain, area by area: the first domain pins (EFAULT), then the driver maps
         # (it may refuse: check_map); an error unwinds what was filled.
-        areas = self.areas.items() if self.areas._values else ()
+        areas = self.areas.items()
         driver = host.driver_of_domain(domain)
         filled = []
         try:
@@ -528,7 +528,7 @@ class IoPagetable:
         self.domains = [d for d in self.domains if d is not domain]
         serial = domain.serial
         self.outside = [r for r in self.outside if r[2] != serial]
-        for s, (l, _) in (self.areas.items() if self.areas._values else ()):
+        for s, (l, _) in self.areas.items():
             domain.unmap(s, l)
             if not self.domains:
                 src = self.area_src[s]

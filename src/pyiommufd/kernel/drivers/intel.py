@@ -42,7 +42,7 @@ class IntelDriver(Driver):
 
     def capable_enforce_cc(self, dev) -> bool:
         """intel_iommu_capable: IOMMU_CAP_ENFORCE_CACHE_COHERENCY -> ecap_sc_support(info->iommu->ecap)."""
-        return self.host.units[dev.unit].snoop_control   # self._unit(dev), in line: a hot path
+        return self._unit(dev).snoop_control
 
     @property
     def has_domain_alloc_user(self) -> bool:
@@ -135,7 +135,7 @@ class IntelDriver(Driver):
         aperture (the io_pagetable keeps what it reserved when the domain was added).
         A nested domain is checked against its stage-2 parent (intel_nested_attach_dev)."""
         target = domain.parent if domain.kind == "nested" else domain
-        unit = self.host.units[dev.unit]
+        unit = self._unit(dev)
         if self.profile.intel_driver_checks and target.enforce_cc and not unit.snoop_control:
             raise KernelErr(errno.EINVAL, f"{dev.name}: domain enforces snooping, {dev.unit} lacks Snoop Control")
         if domain.dirty_tracking and not unit.dirty_tracking:
