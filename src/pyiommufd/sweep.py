@@ -332,6 +332,13 @@ def explore_system(shape: SystemShape, policies: list[tuple[str, str]], max_stat
     return res
 
 
+def read_off_twins(shapes) -> set[str]:
+    """The systems without hot-unplugs among ``shapes`` whose ``+unplug`` twin is among them too: a sweep
+    reads them off the twin's explorations (``explore_system(..., plain_too=True)``), none of their own."""
+    labels = {s.label() for s in shapes}
+    return {s.label() for s in shapes if not s.unplug and SystemShape(s.units, True).label() in labels}
+
+
 def _task(args):   # ProcessPoolExecutor needs a module-level callable
     label, policies, max_states, symmetry, plain_too = args
     return explore_system(SystemShape.from_label(label), policies, max_states, symmetry, plain_too)
@@ -413,14 +420,10 @@ def run_sweep(shapes: list[SystemShape], policies: list[tuple[str, str]], *, eng
     t0 = time.perf_counter() if started is None else started
     precomputed = precomputed or {}
     # a system without hot-unplugs is read off its +unplug twin's explorations when both are to be explored
-    todo = {s.label() for s in shapes} - set(precomputed)
-    folded = {s.label() for s in shapes if s.unplug and SystemShape(s.units).label() in todo} & todo
-    tasks = []
-    for s in cost_order(shapes):
-        label = s.label()
-        if label not in todo or (not s.unplug and f"{label} +unplug" in folded):
-            continue
-        tasks.append((label, policies, max_states, symmetry, label in folded))
+    todo = [s for s in shapes if s.label() not in precomputed]
+    plain_read = read_off_twins(todo)
+    tasks = [(s.label(), policies, max_states, symmetry, s.unplug and SystemShape(s.units).label() in plain_read)
+             for s in cost_order(todo) if s.label() not in plain_read]
     per_system: dict[str, dict] = {}
     best: dict[str, dict] = {}
     states = [0]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from .sweep import SystemShape, explore_system
+from .sweep import SystemShape, explore_system, read_off_twins
 
 BOUND_SECONDS = 3600.0        # estimated wall time beyond which a sweep needs --force
 CALIBRATION_BUDGET = 1.5      # CPU seconds the calibration may take (at least one system is explored)
@@ -119,8 +119,7 @@ class SweepSize:
     @property
     def folded(self) -> int:
         """Explorations read off a +unplug twin's (sweep.run_sweep): systems without hot-unplugs whose twin is swept."""
-        labels = {s.label() for s in self.shapes}
-        return sum(1 for s in self.shapes if not s.unplug and f"{s.label()} +unplug" in labels) * self.policies
+        return len(read_off_twins(self.shapes)) * self.policies
 
     @property
     def beyond_bound(self) -> bool:
@@ -186,8 +185,8 @@ def size_sweep(sizes, policies: list, *, workers: int, symmetry: bool = True, ma
     def explored(shapes: list[SystemShape]) -> list[SystemShape]:
         """The systems the sweep explores: one without hot-unplugs whose +unplug twin is swept too (the same
         device count: the same batch) is read off the twin's explorations (sweep.run_sweep)."""
-        labels = {s.label() for s in shapes}
-        return [s for s in shapes if s.unplug or f"{s.label()} +unplug" not in labels]
+        plain_read = read_off_twins(shapes)
+        return [s for s in shapes if s.label() not in plain_read]
 
     est_states = 0.0
     for batch in sizes:
