@@ -54,8 +54,10 @@ def test_estimate_calibrates_on_the_sweeps_own_systems_and_those_are_not_explore
     size = size_sweep([shapes], pol, workers=1)
     assert size.complete and len(size.shapes) == len(shapes) and size.explorations == 2 * len(shapes)
     assert set(size.calibration.results) <= {s.label() for s in shapes} and size.calibration.results
-    # systems without hot-unplugs are read off their +unplug twins (sweep.run_sweep): no states of their own
-    explored = [s for s in shapes if s.unplug or s.label() + " +unplug" not in {t.label() for t in shapes}]
+    # a system is read off the one of its class with one unit per kind (sweep.read_off_units); a system without
+    # hot-unplugs off its +unplug twin (sweep.run_sweep): no states of their own
+    explored = [s for s in shapes if s.pooled() == s and
+                (s.unplug or s.label() + " +unplug" not in {t.label() for t in shapes})]
     assert len(explored) < len(shapes)
     assert size.lower_bound == 2 * sum(done_sets(s) for s in explored)
     assert size.calibration.ratio >= 1 and size.states >= size.lower_bound and size.seconds > 0
@@ -96,7 +98,7 @@ def test_cli_prints_the_size_first_and_reports_the_estimate():
     r = cli("sweep", "--max-devices", "2", "--max-units", "1", "--policies", "linux-6.12", "--workers", "1", "--json")
     assert r.returncode == 0, r.stderr
     first = r.stderr.splitlines()[0]
-    assert first.startswith("sweep: 8 systems x 1 policy = 8 explorations (2 read off their +unplug twins); estimated ")
+    assert first.startswith("sweep: 8 systems x 1 policy = 8 explorations (2 read off other systems' explorations); estimated ")
     assert "ms CPU per state" in first
     est = json.loads(r.stdout)["estimate"]
     assert est["systems"] == 8 and est["explorations"] == 8 and est["complete"] is True
@@ -138,7 +140,7 @@ def _stderr_until(proc, needle: str, seconds: float) -> str:
 def test_ctrl_c_ends_a_running_sweep_cleanly():
     """SIGINT to a real `pyiommufd sweep` with a pool of 2 worker processes, after a progress line: exit 130 at
     once, what was done on stderr, nothing on stdout, no traceback or multiprocessing warning, no process left."""
-    proc = subprocess.Popen([sys.executable, "-m", "pyiommufd", "sweep", "--max-devices", "6", "--max-units", "3",
+    proc = subprocess.Popen([sys.executable, "-m", "pyiommufd", "sweep", "--max-devices", "8", "--max-units", "3",
                              "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=ENV,
                             start_new_session=True)
     try:

@@ -11,6 +11,17 @@ answers it by enumeration:
   a shape is the multiset of units, a unit being (Snoop Control, the multiset of its group
   sizes).  Two labelled systems that differ by renaming units or devices have one shape.  Units
   without devices are left out: nothing in the model looks at a unit no device sits behind.
+  **Systems that differ only in which unit a group sits behind are one class** (``read_off_units``):
+  ``nosc[1] nosc[1] sc[2,1]`` and ``nosc[1,1] sc[2] sc[1]`` are both ``nosc[1,1] sc[2,1]`` (``pooled``)
+  with the groups spread over more units.  The sweep's units differ only in Snoop Control, and a unit
+  enters every decision the model takes only through its capabilities, never its name: in v6.12.117
+  drivers/iommu/intel/iommu.c, prepare_domain_attach_device reads the unit's ecap (SC, SSADS) and its
+  width, domain_support_force_snooping the ecap of each attached device's unit (intel.py's
+  ``IntelDriver._unit`` is the model's only way to a unit).  So a class's scenarios (``scenario_for``
+  orders the groups the same way whatever unit they sit behind) have the same states, orders and
+  traces; each class is explored once and every other member takes its results (``derived``).
+  tests/test_sweep_units.py checks it: every system up to 5 devices and 3 units, every policy,
+  explored on its own, gives exactly its class representative's results.
   ``labelled`` gives how many labelled systems (named devices, named units) a shape stands for:
   n! k! / |Aut(shape)|.  Shares in the report count **shapes**, each once (unweighted); the JSON
   also carries the labelled-weighted shares.
@@ -112,6 +123,14 @@ class SystemShape:
                 per *= math.factorial(s) ** c * math.factorial(c)
             aut *= math.factorial(m) * per ** m
         return math.factorial(self.devices) * math.factorial(len(self.units)) // aut
+
+    def pooled(self) -> SystemShape:
+        """The same groups with one unit per Snoop Control kind: the system every shape of its class
+        (``read_off_units``) is the same scenario as, but for which unit each group sits behind."""
+        units = tuple(UnitShape(sc, tuple(sorted((g for u in self.units if u.sc == sc for g in u.groups),
+                                                 reverse=True)))
+                      for sc in (False, True) if any(u.sc == sc for u in self.units))
+        return SystemShape(units, self.unplug)
 
     def min_domains(self) -> int:
         """The minimal domain count (module docstring): 1 if any device is attached at the end, else 0."""
@@ -221,15 +240,17 @@ def scenario_for(shape: SystemShape) -> Scenario:
     units, devices, steps, events = [], [], [{"op": "ioas_alloc", "as": "ioas"},
                                               {"op": "map", "ioas": "ioas", "iova": 0x100000, "length": 0x10000}], []
     counts = {True: 0, False: 0}
-    g = 0
     for ui, u in enumerate(shape.units):
         units.append({"name": f"dmar{ui}", "snoop_control": u.sc})
-        for size in u.groups:
-            for _ in range(size):
-                name = f"{'nic' if u.sc else 'gpu'}{counts[u.sc]}"    # nic: CC-capable, gpu: not
-                counts[u.sc] += 1
-                devices.append({"name": name, "unit": f"dmar{ui}", "group": f"g{g}"})
-            g += 1
+    # groups in one order whatever unit they sit behind (without SC first, then by size): the shapes of
+    # one class (``read_off_units``) get the same devices, groups and events, only the units differ
+    groups = sorted(((u.sc, size, ui) for ui, u in enumerate(shape.units) for size in u.groups),
+                    key=lambda t: (t[0], -t[1]))
+    for g, (sc, size, ui) in enumerate(groups):
+        for _ in range(size):
+            name = f"{'nic' if sc else 'gpu'}{counts[sc]}"    # nic: CC-capable, gpu: not
+            counts[sc] += 1
+            devices.append({"name": name, "unit": f"dmar{ui}", "group": f"g{g}"})
     for d in devices:
         steps += [{"op": "bind", "device": d["name"]}, {"op": "kvm_add", "device": d["name"]}]
     for d in devices:
@@ -339,6 +360,36 @@ def read_off_twins(shapes) -> set[str]:
     return {s.label() for s in shapes if not s.unplug and SystemShape(s.units, True).label() in labels}
 
 
+def read_off_units(shapes, prefer=()) -> dict[str, str]:
+    """System -> the system among ``shapes`` whose results it takes, for the systems that differ from it only
+    in which units their groups sit behind (one ``pooled`` shape, module docstring): each class is explored
+    once, on its member with the fewest units (one in ``prefer`` first: results already at hand).  The
+    representatives of a plain system and its +unplug twin are twins again (chosen by the units alone)."""
+    rep: dict[str, str] = {}
+    out = {}
+    for s in sorted(shapes, key=lambda s: (s.label() not in prefer, len(s.units), SystemShape(s.units).label())):
+        r = rep.setdefault(s.pooled().label(), s.label())
+        if r != s.label():
+            out[s.label()] = r
+    return out
+
+
+def explored_systems(shapes, prefer=()) -> list[SystemShape]:
+    """The systems among ``shapes`` a sweep explores: the others are read off a system of their class
+    (``read_off_units``) or, without hot-unplugs, off their +unplug twin (``read_off_twins``)."""
+    units = read_off_units(shapes, prefer)
+    reps = [s for s in shapes if s.label() not in units]
+    twins = read_off_twins(reps)
+    return [s for s in reps if s.label() not in twins]
+
+
+def read_off(results: dict, source: str) -> dict:
+    """One system's per-policy results taken from ``source``'s (``read_off_units``): the same, marked ``derived``."""
+    why = f"read off {source}: the same devices, groups and events, behind other units of the same capabilities"
+    return {name: r if "skipped" in r else dict(r, derived=why, seconds=0.0, cpu_seconds=0.0)
+            for name, r in results.items()}
+
+
 def _task(args):   # ProcessPoolExecutor needs a module-level callable
     label, policies, max_states, symmetry, plain_too = args
     return explore_system(SystemShape.from_label(label), policies, max_states, symmetry, plain_too)
@@ -419,8 +470,14 @@ def run_sweep(shapes: list[SystemShape], policies: list[tuple[str, str]], *, eng
         raise ValueError("jobs is the default engine's; give the engine its workers instead")
     t0 = time.perf_counter() if started is None else started
     precomputed = precomputed or {}
+    # one system per class of systems that differ only in their units' names (read_off_units); of those,
     # a system without hot-unplugs is read off its +unplug twin's explorations when both are to be explored
-    todo = [s for s in shapes if s.label() not in precomputed]
+    copy_of = read_off_units(shapes, precomputed)
+    members: dict[str, list[SystemShape]] = {}
+    for s in shapes:
+        if s.label() in copy_of:
+            members.setdefault(copy_of[s.label()], []).append(s)
+    todo = [s for s in shapes if s.label() not in precomputed and s.label() not in copy_of]
     plain_read = read_off_twins(todo)
     tasks = [(s.label(), policies, max_states, symmetry, s.unplug and SystemShape(s.units).label() in plain_read)
              for s in cost_order(todo) if s.label() not in plain_read]
@@ -428,16 +485,21 @@ def run_sweep(shapes: list[SystemShape], policies: list[tuple[str, str]], *, eng
     best: dict[str, dict] = {}
     states = [0]
 
+    def record(label: str, results: dict) -> None:
+        per_system[label] = reduce_system(SystemShape.from_label(label), results, best)
+        states[0] += sum(x.get("states", 0) for x in results.values() if "derived" not in x)
+        if progress:
+            progress(len(per_system), len(shapes), label)
+
     def done(r):
         for one in (r, r.get("also")):
             if one is None:
                 continue
-            per_system[one["system"]] = reduce_system(SystemShape.from_label(one["system"]), one["results"], best)
-            states[0] += sum(x.get("states", 0) for x in one["results"].values() if "derived" not in x)
-            if progress:
-                progress(len(per_system), len(shapes), one["system"])
+            record(one["system"], one["results"])
+            for m in members.get(one["system"], ()):
+                record(m.label(), read_off(one["results"], one["system"]))
 
-    for label in [s.label() for s in shapes if s.label() in precomputed]:
+    for label in [s.label() for s in shapes if s.label() in precomputed and s.label() not in copy_of]:
         done(precomputed[label])
     try:
         info = {"engine": engine.name, **engine.run(_task, tasks, done)}
@@ -491,7 +553,7 @@ def aggregate(shapes: list[SystemShape], policies: list[tuple[str, str]], per_sy
     the same whatever engine produced them, in whatever order."""
     shapes = sorted(shapes, key=SystemShape.size_key)
     names = [policy_name(p, s) for p, s in policies]
-    # states explored: a system read off its +unplug twin's explorations (``derived``) explored none of its own
+    # states explored: a system read off another's explorations (``derived``) explored none of its own
     total_states = sum(r.get("states", 0) for res in per_system.values() for r in res.values() if "derived" not in r)
     derived = sum(1 for res in per_system.values() for r in res.values() if "derived" in r)
     total_explore_s = sum(r.get("seconds", 0) for res in per_system.values() for r in res.values())

@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from .sweep import SystemShape, explore_system, read_off_twins
+from .sweep import SystemShape, explore_system, explored_systems
 
 BOUND_SECONDS = 3600.0        # estimated wall time beyond which a sweep needs --force
 CALIBRATION_BUDGET = 1.5      # CPU seconds the calibration may take (at least one system is explored)
@@ -82,6 +82,7 @@ def calibrate(candidates: list[SystemShape], policies: list, *, symmetry: bool =
     does), up to CALIBRATION_SYSTEMS of them within CALIBRATION_BUDGET CPU seconds."""
     def bound(s):
         return done_sets(s, symmetry) * len(policies)
+    candidates = explored_systems(candidates) or candidates    # not a system the sweep reads off another
     fit = sorted((s for s in candidates if bound(s) <= CALIBRATION_CAP), key=lambda s: (-bound(s), s.size_key()))
     sample = fit[:CALIBRATION_SYSTEMS] or [min(candidates, key=lambda s: (bound(s), s.size_key()))]
     cal = Calibration()
@@ -118,8 +119,9 @@ class SweepSize:
 
     @property
     def folded(self) -> int:
-        """Explorations read off a +unplug twin's (sweep.run_sweep): systems without hot-unplugs whose twin is swept."""
-        return len(read_off_twins(self.shapes)) * self.policies
+        """Explorations read off another system's (sweep.explored_systems): a system of the same class with
+        fewer units, or the +unplug twin of a system without hot-unplugs."""
+        return (len(self.shapes) - len(explored_systems(self.shapes))) * self.policies
 
     @property
     def beyond_bound(self) -> bool:
@@ -138,9 +140,10 @@ class SweepSize:
         counted = "" if self.complete else (f" (counted up to {self.counted_devices} devices of "
                                             f"{self.max_devices}; counting stopped at the bound)")
         cal = self.calibration
+        folded = f" ({self.folded:,} read off other systems' explorations)" if self.folded else ""
         return (f"sweep: {at_least}{_n(len(self.shapes), 'system')}{counted} x {_n(self.policies, 'policy')} = "
                 f"{at_least}{_n(self.explorations, 'exploration')}"
-                f"{f' ({self.folded:,} read off their +unplug twins)' if self.folded else ''}; estimated {at_least}{_count(self.states)} states, "
+                f"{folded}; estimated {at_least}{_count(self.states)} states, "
                 f"{duration(self.cpu_seconds)} CPU, {duration(self.seconds)} on {_n(self.workers, 'worker')} (from "
                 f"{_n(len(cal.results), 'system')} explored first: {cal.ratio:.2f} states per lower-bound state, "
                 f"{1000 * cal.cpu_per_state:.2f} ms CPU per state)")
@@ -182,27 +185,21 @@ def size_sweep(sizes, policies: list, *, workers: int, symmetry: bool = True, ma
         est = done_sets(s, symmetry) * ratio
         return min(est, max_states) if max_states else est
 
-    def explored(shapes: list[SystemShape]) -> list[SystemShape]:
-        """The systems the sweep explores: one without hot-unplugs whose +unplug twin is swept too (the same
-        device count: the same batch) is read off the twin's explorations (sweep.run_sweep)."""
-        plain_read = read_off_twins(shapes)
-        return [s for s in shapes if s.label() not in plain_read]
-
     est_states = 0.0
     for batch in sizes:
         shapes.extend(batch)
-        lower += sum(done_sets(s, symmetry) for s in explored(batch)) * P
+        lower += sum(done_sets(s, symmetry) for s in explored_systems(batch)) * P
         counted = max([counted] + [s.devices for s in batch])
         if cal is None and lower >= _CALIBRATE_AT:
             cal = calibrate(shapes, policies, symmetry=symmetry, max_states=max_states)
         if cal is not None and not force:
-            est_states = sum(per_exploration(s, cal.ratio) for s in explored(shapes)) * P
+            est_states = sum(per_exploration(s, cal.ratio) for s in explored_systems(shapes)) * P
             if est_states * cal.cpu_per_state / workers > bound_seconds:
                 complete = counted >= (max_devices or counted)
                 break
     if cal is None:
         cal = calibrate(shapes, policies, symmetry=symmetry, max_states=max_states) if shapes else Calibration()
-    est_states = sum(per_exploration(s, cal.ratio) for s in explored(shapes)) * P
+    est_states = sum(per_exploration(s, cal.ratio) for s in explored_systems(shapes)) * P
     cpu = est_states * cal.cpu_per_state
     return SweepSize(shapes, complete, counted, max_devices, P, workers, lower, est_states, cpu, cpu / workers, cal,
                      bound_seconds)
