@@ -35,10 +35,27 @@ _UNSET = object()
 _plans: dict[type, tuple] = {}
 
 
+def _getter(names: list):
+    """All of ``names``' values of an object, as a tuple (None for no names)."""
+    if len(names) > 1:
+        return attrgetter(*names)
+    if names:
+        one = attrgetter(names[0])
+        return lambda o: (one(o),)
+    return None
+
+
+def fixed_slots(t: type) -> frozenset:
+    """The slots ``t`` declares ``_fixed`` (over its MRO): set once when the object is made and never
+    rebound, so a snapshot walks their values (what they hold may change) but does not record them."""
+    return frozenset(n for k in t.__mro__ for n in k.__dict__.get("_fixed", ()))
+
+
 def _plan(t: type) -> tuple:
-    """(getter of all slot values, slot names over the MRO, has __dict__, frozen) for instances of ``t``.
-    Frozen: a frozen dataclass (a unit, a device's description), whose attributes are never rebound; it is
-    walked through like a tuple and not recorded."""
+    """(getter of all slot values, slot names over the MRO, getter of the recorded ones, their names, has
+    __dict__, frozen) for instances of ``t``.  Recorded: every slot but the ``fixed_slots``.  Frozen: a frozen
+    dataclass (a unit, a device's description), whose attributes are never rebound; it is walked through
+    like a tuple and not recorded."""
     p = _plans.get(t)
     if p is None:
         slots = []
@@ -47,14 +64,11 @@ def _plan(t: type) -> tuple:
             for n in ((s,) if isinstance(s, str) else s):
                 if n not in ("__dict__", "__weakref__") and n not in slots:
                     slots.append(n)
-        getter = None
-        if len(slots) > 1:
-            getter = attrgetter(*slots)
-        elif slots:
-            one = attrgetter(slots[0])
-            getter = lambda o: (one(o),)   # noqa: E731
+        fixed = fixed_slots(t)
+        rec = [n for n in slots if n not in fixed]
         params = t.__dict__.get("__dataclass_params__")
-        p = _plans[t] = (getter, tuple(slots), t.__dictoffset__ != 0, bool(params and params.frozen))
+        p = _plans[t] = (_getter(slots), tuple(slots), _getter(rec), tuple(rec), t.__dictoffset__ != 0,
+                         bool(params and params.frozen))
     return p
 
 
@@ -114,6 +128,8 @@ class Snapshot:
         self.held = p.held
         fresh = list(compress(fresh, map(not_, map(_ATOMIC.__contains__, map(type, fresh)))))
         fresh = list(compress(fresh, map(not_, map(seen.__contains__, map(id, fresh)))))
+        # a new tuple of plain values (a reserved range, a PTE) holds nothing to record: not worth a walk
+        fresh = [o for o in fresh if type(o) is not tuple or not all(map(_ATOMIC.__contains__, map(type, o)))]
         if fresh:   # new objects: walk them, appending to copies
             self.objs, self.names, self.unset = list(p.objs), list(p.names), list(p.unset)
             self.dicts, self.lists, self.sets, self.bytearrays = \
@@ -158,7 +174,7 @@ class Snapshot:
                 bas.append(o)
                 ba_data.append(bytes(o))
             else:
-                getter, slots, has_dict, frozen = plans.get(t) or _plan(t)
+                getter, slots, rec_getter, rec, has_dict, frozen = plans.get(t) or _plan(t)
                 if frozen:
                     if slots:
                         extend(getter(o))
@@ -175,14 +191,16 @@ class Snapshot:
                             if v is _UNSET:
                                 unset.append((o, n))
                             else:
-                                objs.append(o)
-                                names.append(n)
-                                vals.append(v)
+                                if n in rec:
+                                    objs.append(o)
+                                    names.append(n)
+                                    vals.append(v)
                                 values.append(v)
                     else:
-                        objs.extend(repeat(o, len(slots)))
-                        names.extend(slots)
-                        vals.extend(values)
+                        if rec:
+                            objs.extend(repeat(o, len(rec)))
+                            names.extend(rec)
+                            vals.extend(values if rec is slots or len(rec) == len(slots) else rec_getter(o))
                     extend(values)
                 if has_dict:
                     push(o.__dict__)

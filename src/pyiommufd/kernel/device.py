@@ -28,6 +28,7 @@ class IGroup:
     bound devices attached through it (device_list)."""
 
     __slots__ = ("group", "hwpt", "devices", "handle")
+    _fixed = ("group", "devices")   # never rebound (snapshot.fixed_slots)
 
     def __init__(self, group):
         self.group = group
@@ -45,6 +46,7 @@ class Device(Obj):
     device_iommu_capable(dev, IOMMU_CAP_ENFORCE_CACHE_COHERENCY) (iommufd_device_bind)."""
 
     __slots__ = ("dev", "igroup", "enforce_cc", "iopf_enabled")
+    _fixed = ("dev", "igroup")
 
     def __init__(self, dev, igroup: IGroup, enforce_cc: bool):
         super().__init__(OBJ_DEVICE)

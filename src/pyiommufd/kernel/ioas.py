@@ -17,6 +17,7 @@ class Ioas(Obj):
     """struct iommufd_ioas: an io_pagetable and the list of paging HWPTs on it (hwpt_list)."""
 
     __slots__ = ("iopt", "hwpt_list")
+    _fixed = ("iopt", "hwpt_list")   # never rebound (snapshot.fixed_slots)
 
     def __init__(self):
         super().__init__(OBJ_IOAS)

@@ -16,6 +16,7 @@ from .err import KernelErr
 
 class IommuGroup:
     __slots__ = ("name", "devices", "domain", "owner", "owner_cnt")
+    _fixed = ("name", "devices")   # never rebound (snapshot.fixed_slots)
 
     def __init__(self, name: str, devices: list[str]):
         self.name = name

@@ -24,6 +24,7 @@ from .err import KernelErr
 
 class Kvm:
     __slots__ = ("files", "noncoherent", "noncoherent_dma_count", "sptes_present", "memtype_stale", "zaps")
+    _fixed = ("files",)   # never rebound (snapshot.fixed_slots)
 
     def __init__(self):
         self.files: list = []             # kvm_vfio->file_list (file objects)

@@ -21,6 +21,7 @@ class Obj:
     """struct iommufd_object: id, type, and ``users`` (1 for the xarray + one per graph edge)."""
 
     __slots__ = ("id", "type", "users")
+    _fixed = ("type",)   # never rebound (snapshot.fixed_slots)
 
     def __init__(self, type_: str):
         self.id = 0
@@ -30,6 +31,7 @@ class Obj:
 
 class IommufdCtx:
     __slots__ = ("host", "fd", "objects", "building", "groups", "vfio_ioas", "refs", "account_mode")
+    _fixed = ("host", "fd", "objects", "building", "groups")
 
     def __init__(self, host, fd: int):
         self.host = host

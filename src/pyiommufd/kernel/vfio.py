@@ -18,6 +18,7 @@ class PhysDevice:
     """struct vfio_device + struct device: what the host has, and VFIO's per-device state."""
 
     __slots__ = ("name", "unit", "group", "canwbs", "cdev", "ctx_fd", "idev_id", "attached", "open_via")
+    _fixed = ("name", "unit", "group", "canwbs", "cdev")   # never rebound (snapshot.fixed_slots)
 
     def __init__(self, desc):
         self.name, self.unit, self.group, self.canwbs, self.cdev = (
@@ -35,6 +36,7 @@ class CdevFile:
     """An open /dev/vfio/devices/vfioN (struct vfio_device_file)."""
 
     __slots__ = ("dev", "access_granted", "refs")
+    _fixed = ("dev",)
     kind = "cdev"
 
     def __init__(self, dev: PhysDevice):
@@ -49,6 +51,7 @@ class GroupFile:
     """An open /dev/vfio/<group>; ``ctx_fd`` is the iommufd set as its container."""
 
     __slots__ = ("group", "ctx_fd", "refs")
+    _fixed = ("group",)
     kind = "group"
 
     def __init__(self, group: str):
@@ -63,6 +66,7 @@ class GroupDeviceFile:
     """A device fd from VFIO_GROUP_GET_DEVICE_FD."""
 
     __slots__ = ("dev", "refs")
+    _fixed = ("dev",)
     kind = "group-device"
 
     def __init__(self, dev: PhysDevice):
