@@ -72,45 +72,6 @@ def _plan(t: type) -> tuple:
     return p
 
 
-_flat_types: dict[type, bool] = {}
-
-
-def _flat(items) -> bool:
-    """Whether ``==`` on these items means what restoring needs, the same object: each is an immutable value
-    (an atomic, a frozen dataclass, a tuple of flat items) or compares by identity.  A container holding a
-    dict, list or set (a user-space HWPT record, an object's ``__dict__``) is not flat: a new container with
-    equal items is another object, which the restored state must not keep."""
-    for x in items:
-        t = type(x)
-        if t in _ATOMIC:
-            continue
-        f = _flat_types.get(t)
-        if f is None:
-            params = t.__dict__.get("__dataclass_params__")
-            f = _flat_types[t] = t.__eq__ is object.__eq__ or bool(params and params.frozen)
-        if not (f or (t is tuple and _flat(x))):
-            return False
-    return True
-
-
-def _same(a, b) -> bool:
-    """Two dicts or lists with the same items, object for object."""
-    if type(a) is dict:
-        return len(a) == len(b) and not any(map(is_not, a.values(), b.values())) and a.keys() == b.keys()
-    return len(a) == len(b) and not any(map(is_not, a, b))
-
-
-def _changed(live: list, copies: list, deep) -> list:
-    """Indices of the containers that differ from their copies: ``!=`` (a C loop), and for the ``deep`` ones
-    (not ``_flat``) also a different object among the items."""
-    out = list(compress(range(len(live)), map(ne, live, copies)))
-    if deep:
-        more = [i for i in deep if not _same(live[i], copies[i])]
-        if more:
-            out = sorted(set(out).union(more))
-    return out
-
-
 class Snapshot:
     """The contents of every mutable object reachable from ``root`` (module docstring).
 
@@ -121,7 +82,7 @@ class Snapshot:
     Objects the event dropped stay recorded (restoring them is harmless: nothing reachable sees them)."""
 
     __slots__ = ("root", "seen", "objs", "names", "vals", "unset", "dicts", "dict_items", "lists", "list_items",
-                 "sets", "set_items", "bytearrays", "bytearray_data", "changed", "held", "deep_dicts", "deep_lists")
+                 "sets", "set_items", "bytearrays", "bytearray_data", "changed", "held")
 
     def __init__(self, root, shared_ids: frozenset | set, parent: "Snapshot | None" = None):
         self.root = root
@@ -131,7 +92,6 @@ class Snapshot:
         self.objs, self.names, self.vals, self.unset = [], [], [], []
         self.dicts, self.dict_items, self.lists, self.list_items = [], [], [], []
         self.sets, self.set_items, self.bytearrays, self.bytearray_data = [], [], [], []
-        self.deep_dicts, self.deep_lists = set(), set()    # indices of the copies that are not ``_flat``
         # ids of everything recorded (and of the shared parts), with the objects themselves held so no id
         # is reused; shared with every snapshot derived from this one (module docstring, "Lineage")
         self.seen, self.held = set(shared_ids), []
@@ -150,21 +110,16 @@ class Snapshot:
         # containers: each compared with the parent's copy (C loops); a changed one is copied anew and its
         # items walked, an unchanged one shares the parent's copy (copies are never mutated)
         dict_items, list_items, set_items = list(p.dict_items), list(p.list_items), list(p.set_items)
-        self.deep_dicts, self.deep_lists = p.deep_dicts, p.deep_lists
         self.changed = changed = (slots, [], [], [])
-        for live, copies, new, idx, deep in ((p.dicts, p.dict_items, dict_items, changed[1], "deep_dicts"),
-                                             (p.lists, p.list_items, list_items, changed[2], "deep_lists"),
-                                             (p.sets, p.set_items, set_items, changed[3], None)):
-            for i in _changed(live, copies, deep and getattr(p, deep)):
+        for live, copies, new, idx in ((p.dicts, p.dict_items, dict_items, changed[1]),
+                                       (p.lists, p.list_items, list_items, changed[2]),
+                                       (p.sets, p.set_items, set_items, changed[3])):
+            for i in compress(range(len(live)), map(ne, live, copies)):
                 idx.append(i)
                 c = new[i] = live[i].copy()
-                items = c
+                fresh.extend(c)
                 if type(c) is dict:
-                    fresh.extend(c)   # the keys
-                    items = c.values()
-                fresh.extend(items)
-                if deep and (i in getattr(self, deep)) == _flat(items):     # flatness changed: copy on write
-                    setattr(self, deep, getattr(self, deep) ^ {i})
+                    fresh.extend(c.values())
         self.objs, self.names, self.vals, self.unset = p.objs, p.names, vals, p.unset
         self.dicts, self.dict_items, self.lists, self.list_items = p.dicts, dict_items, p.lists, list_items
         self.sets, self.set_items = p.sets, set_items
@@ -177,7 +132,6 @@ class Snapshot:
         fresh = [o for o in fresh if type(o) is not tuple or not all(map(_ATOMIC.__contains__, map(type, o)))]
         if fresh:   # new objects: walk them, appending to copies
             self.objs, self.names, self.unset = list(p.objs), list(p.names), list(p.unset)
-            self.deep_dicts, self.deep_lists = set(self.deep_dicts), set(self.deep_lists)
             self.dicts, self.lists, self.sets, self.bytearrays = \
                 list(p.dicts), list(p.lists), list(p.sets), list(self.bytearrays)
             self._walk(fresh, seen)
@@ -204,15 +158,11 @@ class Snapshot:
             if t is tuple:
                 extend(o)
             elif t is dict:
-                if not _flat(o.values()):
-                    self.deep_dicts.add(len(dicts))
                 dicts.append(o)
                 dict_items.append(o.copy())
                 extend(o)
                 extend(o.values())
             elif t is list:
-                if not _flat(o):
-                    self.deep_lists.add(len(lists))
                 lists.append(o)
                 list_items.append(o.copy())
                 extend(o)
@@ -279,26 +229,15 @@ class Snapshot:
         return self.root
 
     def restore(self):
-        """Put every recorded object back as it was; returns the root.  Slots are all written back; a
-        container only when it differs from its copy (comparing is a C loop a few times cheaper than
-        refilling, and an event changes few containers).  ``!=`` says so only for ``_flat`` containers:
-        the few others (an object's ``__dict__``, user-space records) are always refilled."""
+        """Put every recorded object back as it was; returns the root."""
         deque(map(setattr, self.objs, self.names, self.vals), 0)
         for o, n in self.unset:
             if hasattr(o, n):
                 delattr(o, n)
-        dicts, items = self.dicts, self.dict_items
-        for i in self.deep_dicts.union(compress(range(len(dicts)), map(ne, dicts, items))):
-            d = dicts[i]
-            d.clear()
-            d.update(items[i])
-        lists, items = self.lists, self.list_items
-        for i in self.deep_lists.union(compress(range(len(lists)), map(ne, lists, items))):
-            lists[i][:] = items[i]
-        sets, items = self.sets, self.set_items
-        for i in compress(range(len(sets)), map(ne, sets, items)):
-            t = sets[i]
-            t.clear()
-            t.update(items[i])
+        deque(map(dict.clear, self.dicts), 0)
+        deque(map(dict.update, self.dicts, self.dict_items), 0)
+        deque(map(list.__setitem__, self.lists, repeat(slice(None)), self.list_items), 0)
+        deque(map(set.clear, self.sets), 0)
+        deque(map(set.update, self.sets, self.set_items), 0)
         deque(map(bytearray.__setitem__, self.bytearrays, repeat(slice(None)), self.bytearray_data), 0)
         return self.root
