@@ -200,7 +200,7 @@ class Snapshot:
                         if rec:
                             objs.extend(repeat(o, len(rec)))
                             names.extend(rec)
-                            vals.extend(values if rec is slots or len(rec) == len(slots) else rec_getter(o))
+                            vals.extend(values if len(rec) == len(slots) else rec_getter(o))
                     extend(values)
                 if has_dict:
                     push(o.__dict__)
