@@ -69,6 +69,9 @@ def test_estimate_calibrates_on_the_sweeps_own_systems_and_those_are_not_explore
         return [dict(x, results={p: {k: v for k, v in res.items() if k != "derived"}
                                  for p, res in x["results"].items()}) for x in sweep_json["systems"]]
     assert r["policies"] == plain["policies"] and results(r) == results(plain)
+    # what the size line says is read off is what the sweep reads off, calibration or not
+    assert r["derived_explorations"] == plain["derived_explorations"] == size.folded
+    assert any(x.get("also") for x in size.calibration.results.values())
     assert len(calls) == len(shapes) and sorted(calls) == sorted(s.label() for s in shapes)
     # against the measured totals: the estimate lands within 30% of the states the sweep visits
     assert 0.7 < size.states / plain["states"] < 1.3, (size.states, plain["states"])

@@ -390,6 +390,14 @@ def read_off(results: dict, source: str) -> dict:
             for name, r in results.items()}
 
 
+def read_off_sentence(res: dict) -> str:
+    """For the reports: how many of a sweep's explorations were read off other systems' (its JSON)."""
+    n = res.get("derived_explorations", 0)
+    total = res["bound"]["systems"] * len(res["policies"])
+    return (f"; {n:,} of {total:,} explorations read off other systems' (a system of the same class, or the "
+            f"+unplug twin)") if n else ""
+
+
 def _task(args):   # ProcessPoolExecutor needs a module-level callable
     label, policies, max_states, symmetry, plain_too = args
     return explore_system(SystemShape.from_label(label), policies, max_states, symmetry, plain_too)
@@ -462,7 +470,7 @@ def run_sweep(shapes: list[SystemShape], policies: list[tuple[str, str]], *, eng
               precomputed: dict | None = None, started: float | None = None) -> dict:
     """Explore every shape under every policy on ``engine`` (default: ``ProcessEngine(jobs)``); the aggregated
     sweep result.  ``precomputed``: label -> ``explore_system`` result already at hand (the size estimate's
-    calibration), not explored again; ``started``: its perf_counter start, so the sweep's time includes it.
+    calibration; with its ``also``), not explored again; ``started``: its perf_counter start, so the sweep's time includes it.
     Ctrl-C raises SweepInterrupted saying what was done."""
     if engine is None:
         engine = ProcessEngine(jobs)
@@ -472,12 +480,13 @@ def run_sweep(shapes: list[SystemShape], policies: list[tuple[str, str]], *, eng
     precomputed = precomputed or {}
     # one system per class of systems that differ only in their units' names (read_off_units); of those,
     # a system without hot-unplugs is read off its +unplug twin's explorations when both are to be explored
-    copy_of = read_off_units(shapes, precomputed)
+    have = set(precomputed) | {r["also"]["system"] for r in precomputed.values() if r.get("also")}
+    copy_of = read_off_units(shapes, have)
     members: dict[str, list[SystemShape]] = {}
     for s in shapes:
         if s.label() in copy_of:
             members.setdefault(copy_of[s.label()], []).append(s)
-    todo = [s for s in shapes if s.label() not in precomputed and s.label() not in copy_of]
+    todo = [s for s in shapes if s.label() not in have and s.label() not in copy_of]
     plain_read = read_off_twins(todo)
     tasks = [(s.label(), policies, max_states, symmetry, s.unplug and SystemShape(s.units).label() in plain_read)
              for s in cost_order(todo) if s.label() not in plain_read]

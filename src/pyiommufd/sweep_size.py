@@ -82,13 +82,15 @@ def calibrate(candidates: list[SystemShape], policies: list, *, symmetry: bool =
     does), up to CALIBRATION_SYSTEMS of them within CALIBRATION_BUDGET CPU seconds."""
     def bound(s):
         return done_sets(s, symmetry) * len(policies)
+    labels = {s.label() for s in candidates}
     candidates = explored_systems(candidates) or candidates    # not a system the sweep reads off another
     fit = sorted((s for s in candidates if bound(s) <= CALIBRATION_CAP), key=lambda s: (-bound(s), s.size_key()))
     sample = fit[:CALIBRATION_SYSTEMS] or [min(candidates, key=lambda s: (bound(s), s.size_key()))]
     cal = Calibration()
     for s in sample:
         cpu = time.process_time()
-        r = explore_system(s, policies, max_states, symmetry)
+        # a +unplug system gives its plain twin too, as in the sweep (``also``), so that is not explored again
+        r = explore_system(s, policies, max_states, symmetry, plain_too=SystemShape(s.units).label() in labels)
         cal.cpu_seconds += time.process_time() - cpu
         cal.results[s.label()] = r
         cal.states += sum(x.get("states", 0) for x in r["results"].values())

@@ -123,7 +123,7 @@ def _placement(o) -> str:
 def sweep_html(res: dict) -> str:
     """One self-contained page for ``sweep --html``: the per-policy table, verdicts, failure shares by
     system size, the smallest counterexample (system and trace) of each failure, and every system."""
-    from ..sweep import FAILURES
+    from ..sweep import FAILURES, read_off_sentence
     b = res["bound"]
     pols = res["policies"]
     head = "".join(f"<th>{_e(_FAIL_TITLES[f])}</th>" for f in FAILURES)
@@ -185,7 +185,7 @@ details summary{{cursor:pointer;margin:1em 0}}</style></head><body>
 <p>{b['systems']} system shapes (Intel VT-d, a VM; units with and without Snoop Control, every iommu-group shape;
 {b['with_unplug']} of them with hot-unplug events), standing for {b['labelled_systems']} labelled systems, each explored in
 every attach order under each policy: {res['states']} states in {res['seconds']:.1f} s
-({res['states_per_second']:.0f} states/s; engine {_e(eng.get('engine'))}, workers: {_e(eng.get('workers'))}).</p>
+({res['states_per_second']:.0f} states/s; engine {_e(eng.get('engine'))}, workers: {_e(eng.get('workers'))}){_e(read_off_sentence(res))}.</p>
 <p class="muted">Shares count system shapes, each once.  Minimal domain count: 1 when any device is attached at the end,
 0 when none is (docs/sweep.md).  A policy's verdict holds when it is order-independent, hazard-free and domain-minimal
 on every system.</p>

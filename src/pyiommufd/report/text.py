@@ -117,12 +117,12 @@ def trace_text(trace) -> str:
 
 
 def sweep_report(res: dict, console: Console, details: bool = True) -> None:
-    from ..sweep import FAILURES
+    from ..sweep import FAILURES, read_off_sentence
     b = res["bound"]
     console.print(f"[bold]sweep[/]: {b['systems']} systems up to {b['max_devices']} devices and {b['max_units']} "
                   f"units ({b['with_unplug']} with hot-unplug; {b['labelled_systems']} labelled), "
                   f"{res['states']} states in {res['seconds']:.1f} s ({res['states_per_second']:.0f} states/s, "
-                  f"engine {escape(str(res['engine'].get('engine', '')))})")
+                  f"engine {escape(str(res['engine'].get('engine', '')))}){read_off_sentence(res)}")
     t = Table("policy", "systems", *[_SHORT[f] for f in FAILURES], "verdict", box=None, pad_edge=False)
     t.columns[0].no_wrap = True
     for name, p in res["policies"].items():
