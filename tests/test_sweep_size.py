@@ -69,6 +69,11 @@ def test_estimate_calibrates_on_the_sweeps_own_systems_and_those_are_not_explore
         return [dict(x, results={p: {k: v for k, v in res.items() if k != "derived"}
                                  for p, res in x["results"].items()}) for x in sweep_json["systems"]]
     assert r["policies"] == plain["policies"] and results(r) == results(plain)
+    # the progress ETA weighs only what the sweep explores: the systems it reads off others' weigh nothing
+    w = size.weights()
+    explored_here = {x["label"] for x in r["systems"] if any("derived" not in v for v in x["results"].values())}
+    assert {k for k, v in w.items() if v} == explored_here
+    assert all(w[s.label()] == done_sets(s) for s in shapes if s.label() in explored_here)
     # what the size line says is read off is what the sweep reads off, calibration or not
     assert r["derived_explorations"] == plain["derived_explorations"] == size.folded
     assert any(x.get("also") for x in size.calibration.results.values())

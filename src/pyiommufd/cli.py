@@ -170,7 +170,7 @@ def cmd_sweep(args, out: Console, err: Console) -> int:
     from .report.progress import SweepProgress
     from .report.text import sweep_report
     from .sweep import SweepInterrupted, SystemShape, _check_bounds, parse_policies, run_sweep, systems_of_size
-    from .sweep_size import done_sets, duration, size_sweep
+    from .sweep_size import duration, size_sweep
     if args.workers is not None and args.workers < 1:
         raise UsageError("--workers must be at least 1")
     if args.max_states is not None and args.max_states < 1:
@@ -216,7 +216,7 @@ def cmd_sweep(args, out: Console, err: Console) -> int:
                          "--force to run it anyway")
     if not args.quiet:
         err.print(size.sentence() + f"; engine {args.engine}", markup=False, soft_wrap=True)
-    weights = {s.label(): float(done_sets(s, symmetry)) for s in size.shapes}
+    weights = size.weights(symmetry)
     previous = signal.signal(signal.SIGTERM, _interrupt)   # SIGTERM ends a sweep as Ctrl-C does
     try:
         with SweepProgress(err, weights, quiet=args.quiet) as progress:

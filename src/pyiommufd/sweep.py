@@ -383,6 +383,11 @@ def explored_systems(shapes, prefer=()) -> list[SystemShape]:
     return [s for s in reps if s.label() not in twins]
 
 
+def at_hand(precomputed: dict) -> set[str]:
+    """The systems whose results ``run_sweep``'s ``precomputed`` already holds (with a twin's ``also``)."""
+    return set(precomputed) | {r["also"]["system"] for r in precomputed.values() if r.get("also")}
+
+
 def read_off(results: dict, source: str) -> dict:
     """One system's per-policy results taken from ``source``'s (``read_off_units``): the same, marked ``derived``."""
     why = f"read off {source}: the same devices, groups and events, behind other units of the same capabilities"
@@ -480,7 +485,7 @@ def run_sweep(shapes: list[SystemShape], policies: list[tuple[str, str]], *, eng
     precomputed = precomputed or {}
     # one system per class of systems that differ only in their units' names (read_off_units); of those,
     # a system without hot-unplugs is read off its +unplug twin's explorations when both are to be explored
-    have = set(precomputed) | {r["also"]["system"] for r in precomputed.values() if r.get("also")}
+    have = at_hand(precomputed)
     copy_of = read_off_units(shapes, have)
     members: dict[str, list[SystemShape]] = {}
     for s in shapes:

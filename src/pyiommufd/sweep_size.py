@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from .sweep import SystemShape, explore_system, explored_systems
+from .sweep import SystemShape, at_hand, explore_system, explored_systems
 
 BOUND_SECONDS = 3600.0        # estimated wall time beyond which a sweep needs --force
 CALIBRATION_BUDGET = 1.5      # CPU seconds the calibration may take (at least one system is explored)
@@ -124,6 +124,14 @@ class SweepSize:
         """Explorations read off another system's (sweep.explored_systems): a system of the same class with
         fewer units, or the +unplug twin of a system without hot-unplugs."""
         return (len(self.shapes) - len(explored_systems(self.shapes))) * self.policies
+
+    def weights(self, symmetry: bool = True) -> dict[str, float]:
+        """System -> its share of the work for the progress ETA: its lower bound of states if the sweep explores
+        it (after the calibration, whose systems it keeps), 0 if it is read off another's explorations."""
+        out = dict.fromkeys((s.label() for s in self.shapes), 0.0)
+        out.update({s.label(): float(done_sets(s, symmetry))
+                    for s in explored_systems(self.shapes, at_hand(self.calibration.results))})
+        return out
 
     @property
     def beyond_bound(self) -> bool:
