@@ -114,6 +114,7 @@ class SweepSize:
     seconds: float                 # estimated wall time on the workers
     calibration: Calibration
     bound_seconds: float = BOUND_SECONDS
+    explored: list = field(default_factory=list)   # the shapes the sweep explores (sweep.explored_systems)
 
     @property
     def explorations(self) -> int:
@@ -123,7 +124,7 @@ class SweepSize:
     def folded(self) -> int:
         """Explorations read off another system's (sweep.explored_systems): a system of the same class with
         fewer units, or the +unplug twin of a system without hot-unplugs."""
-        return (len(self.shapes) - len(explored_systems(self.shapes))) * self.policies
+        return (len(self.shapes) - len(self.explored)) * self.policies
 
     def weights(self, symmetry: bool = True) -> dict[str, float]:
         """System -> its share of the work for the progress ETA: its lower bound of states if the sweep explores
@@ -183,8 +184,11 @@ def size_sweep(sizes, policies: list, *, workers: int, symmetry: bool = True, ma
                force: bool = False, max_devices: int | None = None, bound_seconds: float = BOUND_SECONDS,
                ) -> SweepSize:
     """Count the sweep (``sizes``: lists of shapes, one per device count, smallest first), calibrate on its
-    own systems and estimate.  Without ``force`` counting stops once the estimate passes the bound."""
+    own systems and estimate.  Without ``force`` counting stops once the estimate passes the bound.
+    A batch's explored systems are worked out once: a class and a +unplug twin never span two batches
+    (they have one device count)."""
     shapes: list[SystemShape] = []
+    explored: list[SystemShape] = []
     lower = 0
     cal: Calibration | None = None
     counted = 0
@@ -198,18 +202,20 @@ def size_sweep(sizes, policies: list, *, workers: int, symmetry: bool = True, ma
     est_states = 0.0
     for batch in sizes:
         shapes.extend(batch)
-        lower += sum(done_sets(s, symmetry) for s in explored_systems(batch)) * P
+        mine = explored_systems(batch)
+        explored.extend(mine)
+        lower += sum(done_sets(s, symmetry) for s in mine) * P
         counted = max([counted] + [s.devices for s in batch])
         if cal is None and lower >= _CALIBRATE_AT:
             cal = calibrate(shapes, policies, symmetry=symmetry, max_states=max_states)
         if cal is not None and not force:
-            est_states = sum(per_exploration(s, cal.ratio) for s in explored_systems(shapes)) * P
+            est_states = sum(per_exploration(s, cal.ratio) for s in explored) * P
             if est_states * cal.cpu_per_state / workers > bound_seconds:
                 complete = counted >= (max_devices or counted)
                 break
     if cal is None:
         cal = calibrate(shapes, policies, symmetry=symmetry, max_states=max_states) if shapes else Calibration()
-    est_states = sum(per_exploration(s, cal.ratio) for s in explored_systems(shapes)) * P
+    est_states = sum(per_exploration(s, cal.ratio) for s in explored) * P
     cpu = est_states * cal.cpu_per_state
     return SweepSize(shapes, complete, counted, max_devices, P, workers, lower, est_states, cpu, cpu / workers, cal,
-                     bound_seconds)
+                     bound_seconds, explored)
