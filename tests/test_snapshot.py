@@ -64,3 +64,14 @@ def test_an_object_without_slots_or_dict_is_refused():
         __slots__ = ()
     with pytest.raises(TypeError, match="cannot record"):
         Snapshot(Plain(x=Odd(3)), set())
+
+
+def test_an_object_without_any_state_is_walked_through_not_recorded():
+    class Stateless:
+        __slots__ = ()
+    root = Plain(s=Stateless(), n=1)
+    snap = Snapshot(root, set())
+    assert root.s not in snap.objs and snap.dicts == [root.__dict__]
+    root.n = 2
+    snap.restore()
+    assert root.n == 1

@@ -1,4 +1,4 @@
-"""Slots a kernel-model class declares ``_fixed`` are walked but not recorded by a snapshot
+"""Slots a kernel-model (or runner, client, transport) class declares ``_fixed`` are walked but not recorded by a snapshot
 (snapshot.fixed_slots): a restore would not undo a write to one.  Checked here: each names a slot, and
 with every slot recorded, no event of any explore scenario or small sweep system ever rebinds one."""
 import importlib
@@ -16,17 +16,21 @@ SCENARIOS = Path(__file__).resolve().parents[1] / "src" / "pyiommufd" / "scenari
 FIXED = snapshot.fixed_slots   # the declarations (the fixture below records every slot)
 
 
-def _kernel_classes():
+def _model_classes():
+    """The kernel model's classes and the user-space side a snapshot records (the runner's Vmm, the client's
+    files, the transport)."""
     mods = [importlib.import_module(f"pyiommufd.kernel.{m.name}")
             for m in pkgutil.walk_packages(kernel.__path__) if not m.ispkg]
     mods += [importlib.import_module(f"pyiommufd.kernel.drivers.{m.name}")
              for m in pkgutil.iter_modules(importlib.import_module("pyiommufd.kernel.drivers").__path__)]
+    mods += [importlib.import_module(f"pyiommufd.{m}") for m in ("runner", "client", "transport")]
     return {c for m in mods for c in vars(m).values() if isinstance(c, type) and c.__module__ == m.__name__}
 
 
 def test_fixed_slots_are_slots():
-    declared = [c for c in _kernel_classes() if "_fixed" in c.__dict__]
-    assert len(declared) >= 8
+    declared = [c for c in _model_classes() if "_fixed" in c.__dict__]
+    assert len(declared) >= 14
+    assert {"Vmm", "Host", "VfioDevice", "Iommufd", "Driver", "EmulatedTransport"} <= {c.__name__ for c in declared}
     for c in declared:
         slots = {n for k in c.__mro__ for n in k.__dict__.get("__slots__", ())}
         assert set(c._fixed) <= slots, c

@@ -58,6 +58,9 @@ _DETACH = uapi.Layout(uapi.vfio_device_detach_iommufd_pt)
 class Iommufd:
     """An open /dev/iommu: one iommufd_ctx."""
 
+    __slots__ = ("transport", "fd")
+    _fixed = ("transport",)   # never rebound (snapshot.fixed_slots)
+
     def __init__(self, transport, path: str = "/dev/iommu"):
         self.transport = transport
         self.fd: int | None = transport.open(path)
@@ -235,6 +238,9 @@ class Ioas:
 class VfioDevice:
     """A VFIO device cdev (/dev/vfio/devices/vfioN), 6.6+."""
 
+    __slots__ = ("transport", "path", "fd", "dev_id")
+    _fixed = ("transport", "path")   # never rebound (snapshot.fixed_slots)
+
     def __init__(self, transport, path: str):
         self.transport = transport
         self.path = path
@@ -297,6 +303,9 @@ class VfioGroup:
 
 class Emulated:
     """An emulated machine: its host kernel and the transport to reach it."""
+
+    __slots__ = ("profile", "system", "host", "transport")
+    _fixed = __slots__   # never rebound (snapshot.fixed_slots)
 
     def __init__(self, system, profile: Profile | str = DEFAULT_PROFILE):
         from .kernel.host import Host

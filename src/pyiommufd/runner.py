@@ -81,6 +81,10 @@ class Frozen:
 class Vmm:
     """The user-space side of one run: open files and names bound by ``as``."""
 
+    __slots__ = ("scenario", "emu", "profile", "t", "containers", "iommufd", "names", "kinds", "cdevs", "groups",
+                 "devfds", "in_kvm", "kvm_users", "seen_hazards", "strategy", "us", "_cc_cache")
+    _fixed = __slots__   # every one set here and never rebound (snapshot.fixed_slots): the containers change in place
+
     def __init__(self, scenario: Scenario, profile: str, strategy: str = "kernel-auto", machine=None):
         """``machine`` provides ``transport``, ``profile``, ``cdev_path(name)``, ``group_path(name)``
         and ``host`` (the emulated kernel, or None on a real one); default: a new emulated machine."""

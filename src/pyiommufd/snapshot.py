@@ -54,8 +54,8 @@ def fixed_slots(t: type) -> frozenset:
 def _plan(t: type) -> tuple:
     """(getter of all slot values, slot names over the MRO, getter of the recorded ones, their names, has
     __dict__, frozen) for instances of ``t``.  Recorded: every slot but the ``fixed_slots``.  Frozen: a frozen
-    dataclass (a unit, a device's description), whose attributes are never rebound; it is walked through
-    like a tuple and not recorded."""
+    dataclass (a unit, a device's description), whose attributes are never rebound, or an object without any
+    state (empty ``__slots__`` all the way up); it is walked through like a tuple and not recorded."""
     p = _plans.get(t)
     if p is None:
         slots = []
@@ -67,8 +67,11 @@ def _plan(t: type) -> tuple:
         fixed = fixed_slots(t)
         rec = [n for n in slots if n not in fixed]
         params = t.__dict__.get("__dataclass_params__")
-        p = _plans[t] = (_getter(slots), tuple(slots), _getter(rec), tuple(rec), t.__dictoffset__ != 0,
-                         bool(params and params.frozen))
+        has_dict = t.__dictoffset__ != 0
+        # no slots, no __dict__, no C-level state either (``__slots__ = ()`` all the way up): holds nothing
+        stateless = not slots and not has_dict and t.__basicsize__ == object.__basicsize__
+        p = _plans[t] = (_getter(slots), tuple(slots), _getter(rec), tuple(rec), has_dict,
+                         bool(params and params.frozen) or stateless)
     return p
 
 

@@ -27,6 +27,9 @@ class Transport(Protocol):
 class EmulatedTransport:
     """The uAPI seam to the emulator: the same bytes a real kernel would see."""
 
+    __slots__ = ("host",)
+    _fixed = __slots__   # never rebound (snapshot.fixed_slots)
+
     def __init__(self, host):
         self.host = host
 

@@ -225,6 +225,8 @@ class CallerFds:
     process: ``resolve`` then asks that process for the file (SCM_RIGHTS) and ``install`` hands
     it a new one, so a program's fd numbers are its own."""
 
+    __slots__ = ()
+
     def resolve(self, n: int) -> int:
         """fdget(n): the host fd of the caller's fd ``n`` (KernelErr EBADF if it is not open)."""
         return n
@@ -240,6 +242,13 @@ class Host:
     ``mem`` is the calling process's memory (copy_from_user / copy_to_user: ``read`` and
     ``write`` raise KernelErr(EFAULT)), ``fds`` its fd table (CallerFds); ``pyiommufd emulate``
     swaps both per call, everything else is the one machine."""
+
+    __slots__ = ("system", "profile", "units", "devices", "groups", "driver", "mock_driver", "mock_devs", "files",
+                 "ctxs", "kvm", "mem", "fds", "remote_mem", "next_fd", "domain_serial", "fail_nth", "fallible_count",
+                 "thp", "cap_ipc_lock", "cap_sys_resource", "test_memory_limit", "task", "task_fail_nth")
+    # set here and never rebound (snapshot.fixed_slots); the others change (emulate swaps mem, fds, task per call)
+    _fixed = ("system", "profile", "units", "devices", "groups", "driver", "mock_driver", "mock_devs", "files",
+              "ctxs", "kvm", "task_fail_nth")
 
     def __init__(self, system, profile):
         self.system = system
@@ -263,6 +272,7 @@ class Host:
         self.kvm = kvmmod.Kvm() if system.kvm else None
         self.mem = UserMemory()
         self.fds = CallerFds()
+        self.remote_mem = None   # pyiommufd emulate: another process's memory by its mm_key (kernel/pages.py)
         self.next_fd = 3
         self.domain_serial = 0
         self.fail_nth = 0      # fail the Nth fallible step (0: never), as iommufd_fail_nth does

@@ -9,6 +9,7 @@ MSI_RANGE = (0xFEE00000, 0xFEEFFFFF)  # MSI_RANGE_START..END, amd_iommu_get_resv
 
 
 class AmdDriver(Driver):
+    __slots__ = ()
     name = "amd"
 
     def capable_enforce_cc(self, dev) -> bool:

@@ -91,6 +91,8 @@ class Driver:
 
     ``host`` gives access to units and devices; ``profile`` to the era's switches."""
 
+    __slots__ = ("host", "profile")
+    _fixed = __slots__   # never rebound (snapshot.fixed_slots)
     name = "base"
     hw_info_type = 0
 

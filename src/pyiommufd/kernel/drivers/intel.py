@@ -34,6 +34,7 @@ QEMU_CAP_WIDTH = domain_address_width(QEMU_CAP)
 
 
 class IntelDriver(Driver):
+    __slots__ = ()
     name = "intel"
     hw_info_type = uapi.IOMMU_HW_INFO_TYPE_INTEL_VTD
 

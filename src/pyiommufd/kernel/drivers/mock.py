@@ -78,6 +78,7 @@ class MockDomain(Domain):
 
 
 class MockDriver(Driver):
+    __slots__ = ()
     name = "mock"
     hw_info_type = uapi.IOMMU_HW_INFO_TYPE_SELFTEST
 

@@ -16,6 +16,7 @@ MSI_IOVA = (0x8000000, 0x8000000 + 0x100000 - 1)  # MSI_IOVA_BASE, MSI_IOVA_LENG
 
 
 class Smmuv3Driver(Driver):
+    __slots__ = ()
     name = "smmuv3"
 
     def capable_enforce_cc(self, dev) -> bool:

@@ -7,4 +7,5 @@ from .base import Driver
 
 
 class VirtioDriver(Driver):
+    __slots__ = ()
     name = "virtio"
