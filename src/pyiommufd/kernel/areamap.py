@@ -19,6 +19,7 @@ from bisect import bisect_left, bisect_right, insort
 
 class AreaMap:
     __slots__ = ("_values", "_chunks", "_maxes")
+    _fixed = __slots__   # never rebound, changed in place (snapshot.fixed_slots)
 
     LOAD = 512
 

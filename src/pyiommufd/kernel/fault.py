@@ -45,6 +45,7 @@ class Fault(Obj):
     """struct iommufd_fault.  ``users``: the xarray, the fd, each HWPT allocated on it."""
 
     __slots__ = ("deliver", "response")
+    _fixed = __slots__   # never rebound, changed in place (snapshot.fixed_slots)
 
     def __init__(self):
         super().__init__(OBJ_FAULT)
@@ -158,7 +159,7 @@ def auto_response(hwpt, handle_idev) -> None:
     fault = hwpt.fault
     if fault is None:
         return
-    fault.deliver = [g for g in fault.deliver if not (g.hwpt is hwpt and g.idev is handle_idev)]
+    fault.deliver[:] = [g for g in fault.deliver if not (g.hwpt is hwpt and g.idev is handle_idev)]
     for cookie in [c for c, g in fault.response.items() if g.hwpt is hwpt and g.idev is handle_idev]:
         del fault.response[cookie]
 

@@ -19,6 +19,7 @@ class HwptPaging(Obj):
     hwpt_paging->enforce_cache_coherency: set only when the driver agreed."""
 
     __slots__ = ("ioas", "domain", "auto_domain", "enforce_cc", "nest_parent", "filled", "fault")
+    _fixed = ("ioas", "nest_parent")   # never rebound (snapshot.fixed_slots)
 
     def __init__(self, ioas, nest_parent: bool = False):
         Obj.__init__(self, OBJ_HWPT_PAGING)
@@ -51,6 +52,7 @@ class HwptNested(Obj):
     """struct iommufd_hwpt_nested: a stage-1 domain on a NEST_PARENT paging HWPT."""
 
     __slots__ = ("parent", "domain", "fault")
+    _fixed = ("parent",)   # never rebound (snapshot.fixed_slots)
 
     def __init__(self, parent: HwptPaging):
         super().__init__(OBJ_HWPT_NESTED)

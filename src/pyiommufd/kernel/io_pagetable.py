@@ -35,6 +35,7 @@ class Area:
     ``prevent_access``."""
 
     __slots__ = ("pages", "start_byte", "num_accesses", "prevent_access")
+    _fixed = ("pages", "start_byte")   # never rebound (snapshot.fixed_slots)
 
     def __init__(self, pages: IopPages, start_byte: int):
         self.pages = pages
@@ -98,6 +99,8 @@ class IoPagetable:
 
     __slots__ = ("areas", "area_src", "reserved", "iova_alignment", "domains", "outside", "allowed",
                  "disable_large_pages", "accesses")
+    # never rebound, changed in place (snapshot.fixed_slots: a restore writes the containers back, not the slots)
+    _fixed = ("areas", "area_src", "reserved", "domains", "outside", "allowed", "accesses")
 
     def __init__(self) -> None:
         self.areas = AreaMap()                  # start -> (last, prot)
@@ -410,7 +413,7 @@ class IoPagetable:
         self.reserved.append((start, last, owner))
 
     def remove_reserved(self, owner) -> None:
-        self.reserved = [r for r in self.reserved if r[2] != owner]
+        self.reserved[:] = [r for r in self.reserved if r[2] != owner]
 
     def set_allow_iova(self, ranges) -> None:
         """iopt_set_allow_iova: the new allowed set replaces the old one unless a reserved range
@@ -418,7 +421,7 @@ class IoPagetable:
         for s, l in ranges:
             if self.reserved_iter_first(s, l):
                 raise KernelErr(errno.EADDRINUSE, f"allowed range {s:#x}-{l:#x} intersects a reserved range")
-        self.allowed = sorted(ranges)
+        self.allowed[:] = sorted(ranges)
 
     def iova_ranges(self):
         """The holes of reserved_itree over [0, ULONG_MAX] (iommufd_ioas_iova_ranges)."""
@@ -525,9 +528,9 @@ class IoPagetable:
 
     def remove_domain(self, domain) -> None:
         """iopt_table_remove_domain: unfill (the last domain unpins), alignment recomputed."""
-        self.domains = [d for d in self.domains if d is not domain]
+        self.domains[:] = [d for d in self.domains if d is not domain]
         serial = domain.serial
-        self.outside = [r for r in self.outside if r[2] != serial]
+        self.outside[:] = [r for r in self.outside if r[2] != serial]
         for s, (l, _) in self.areas.items():
             domain.unmap(s, l)
             if not self.domains:

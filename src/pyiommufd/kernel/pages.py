@@ -87,6 +87,7 @@ class IopPages:
     ``accesses`` ((start_index, last_index) -> users, iopt_pages_access)."""
 
     __slots__ = ("uptr", "npages", "writable", "account_mode", "mm", "mm_key", "domain_ranges", "accesses")
+    _fixed = ("uptr", "npages", "writable", "mm", "mm_key", "domain_ranges", "accesses")   # never rebound (snapshot.fixed_slots)
 
     def __init__(self, uptr: int, npages: int, writable: bool, mm, account_mode: int):
         self.uptr = uptr

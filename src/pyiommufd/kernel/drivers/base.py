@@ -22,6 +22,7 @@ class Domain:
     __slots__ = ("driver", "kind", "enforce_cc", "set_pte_snp", "has_mappings", "first_level",
                  "nest_parent", "parent", "dirty_tracking", "devices", "ptes", "upgraded_over",
                  "min_page_size", "serial", "aperture_start", "aperture_end", "gaw", "max_addr")
+    _fixed = ("driver", "kind", "first_level", "parent", "devices", "ptes")   # never rebound (snapshot.fixed_slots)
 
     def __init__(self, driver: str, serial: int, *, kind: str = "paging", first_level: bool = False,
                  nest_parent: bool = False, parent: "Domain | None" = None, dirty_tracking: bool = False):
