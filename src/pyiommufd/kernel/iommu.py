@@ -18,9 +18,10 @@ class IommuGroup:
     __slots__ = ("name", "devices", "domain", "owner", "owner_cnt")
     _fixed = ("name", "devices")   # never rebound (snapshot.fixed_slots)
 
-    def __init__(self, name: str, devices: list[str]):
+    def __init__(self, name: str, devices):
         self.name = name
-        self.devices = devices        # every device of the group, bound or not
+        # every device of the group, bound or not: fixed by the platform, a tuple (a snapshot walks it, records nothing)
+        self.devices: tuple[str, ...] = tuple(devices)
         self.domain = None            # the driver domain attached (None: default/blocked)
         self.owner = None             # DMA owner cookie (an iommufd ctx fd, or "vfio-group")
         self.owner_cnt = 0

@@ -21,7 +21,7 @@ class Obj:
     """struct iommufd_object: id, type, and ``users`` (1 for the xarray + one per graph edge)."""
 
     __slots__ = ("id", "type", "users")
-    _fixed = ("type",)   # never rebound (snapshot.fixed_slots)
+    _fixed = ("type", "id")   # never rebound once ``alloc`` numbers the new object (snapshot.fixed_slots)
 
     def __init__(self, type_: str):
         self.id = 0
