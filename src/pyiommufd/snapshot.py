@@ -102,7 +102,7 @@ class Snapshot:
 
     def _derive(self, p: "Snapshot", shared_ids) -> bool:
         """Record this state as ``p`` plus what changed (class docstring); False to walk it all instead."""
-        if any(hasattr(o, n) for o, n in p.unset):
+        if p.unset and any(hasattr(o, n) for o, n in p.unset):
             return False
         try:
             vals = list(map(getattr, p.objs, p.names))
@@ -239,8 +239,9 @@ class Snapshot:
                 delattr(o, n)
         deque(map(dict.clear, self.dicts), 0)
         deque(map(dict.update, self.dicts, self.dict_items), 0)
-        deque(map(list.__setitem__, self.lists, repeat(slice(None)), self.list_items), 0)
-        deque(map(set.clear, self.sets), 0)
-        deque(map(set.update, self.sets, self.set_items), 0)
+        # list.__init__ / set.__init__ on a live one: cleared, then filled (one C call; cheaper than a slice
+        # assignment, or clear + update)
+        deque(map(list.__init__, self.lists, self.list_items), 0)
+        deque(map(set.__init__, self.sets, self.set_items), 0)
         deque(map(bytearray.__setitem__, self.bytearrays, repeat(slice(None)), self.bytearray_data), 0)
         return self.root
