@@ -147,6 +147,10 @@ def test_bench_measures_the_explorer_before_issue_14_and_a_real_ioctl():
     em = res["emulator"]
     assert em["real_ioctl"]["us_per_call"] > 0 and em["emulated_vs_real_ioctl"] == res["emulated_vs_real_ioctl"]
     assert {g["id"] for g in res["goals"]} >= {"explorer_speedup", "emulated_vs_real_ioctl"}
+    # the path alone (IOMMU_OPTION get) costs less than the mix's average ioctl, which does model work
+    floor = em["us_per_ioctl_by_kind"][emulator.FLOOR]
+    assert 0 < floor < em["us_per_ioctl"]
+    assert res["emulated_floor_vs_real_ioctl"] == round(floor / em["real_ioctl"]["us_per_call"], 2)
 
 
 def test_real_ioctl_cost_is_a_syscall_that_answers():

@@ -231,6 +231,8 @@ def run(quick: bool = False, with_spin: bool = True, progress=None, sizes: dict 
     em["us_per_ioctl"] = round(1e6 / em["ioctls_per_cpu_s"], 3)
     em["real_ioctl"] = real
     em["emulated_vs_real_ioctl"] = round(em["us_per_ioctl"] / real["us_per_call"], 2)
+    # the path alone (an ioctl with next to no model work): the least the mix could cost per call
+    em["emulated_floor_vs_real_ioctl"] = round(em["us_per_ioctl_by_kind"][emulator.FLOOR] / real["us_per_call"], 2)
     res["emulator"] = em
     say(f"map/unmap scaling: {z['map_small']:,} vs {z['map_large']:,} live mappings")
     ms = emulator.map_scaling(z["map_small"], z["map_large"], ops=z["map_ops"], rounds=z["map_rounds"],
@@ -263,6 +265,7 @@ def run(quick: bool = False, with_spin: bool = True, progress=None, sizes: dict 
         "explorer_speedup_vs_reference": main["speedup_vs_reference"],
         "explorer_speedup_vs_issue14_figure": round(main["explorer"]["states_per_s"] / BASELINE_ISSUE14_STATES_PER_S, 2),
         "emulated_vs_real_ioctl": em["emulated_vs_real_ioctl"],
+        "emulated_floor_vs_real_ioctl": em["emulated_floor_vs_real_ioctl"],
     })
     if BENCH_12.stem in engines and "spin" in engines[BENCH_12.stem]:
         res["explorer_vs_spin_verify_12"] = engines[BENCH_12.stem]["explorer_vs_spin_verify"]

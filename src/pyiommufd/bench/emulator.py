@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import time
 
+from .. import uapi
 from ..client import Iommufd, VfioDevice, emulated
 from ..system import System
 
 PAGE = 0x1000
+FLOOR = "option get (IOMMU_OPTION: the path alone)"
 # One cycle of the ioctl mix, in order (each entry one ioctl).  A VMM mostly maps and unmaps
 # (guest RAM, BARs, vIOMMU shadowing); domain management is rarer but on every device
 # (re)configuration: a user HWPT round trip and an auto-domain round trip.
@@ -90,7 +92,8 @@ def real_ioctl_cost(calls: int = 20000, repeats: int = 5) -> dict:
 
 def per_op_costs(pairs: int = 1000, profile: str = "linux-6.12", bursts: int = 5) -> dict:
     """CPU microseconds per ioctl for each kind in the MIX, measured in pairs that leave the
-    machine as they found it (best of ``bursts``)."""
+    machine as they found it (best of ``bursts``); and ``FLOOR``, an ioctl with next to no model work
+    (IOMMU_OPTION get), which is what the client + transport + decode path costs by itself."""
     m = _Machine(profile)
     ioas, uva = m.ioas, m.uva
     hwpt = m.iommufd.hwpt_alloc(m.nic_id, ioas.id)
@@ -110,9 +113,14 @@ def per_op_costs(pairs: int = 1000, profile: str = "linux-6.12", bursts: int = 5
         m.gpu.attach(ioas.id)
         m.gpu.detach()
 
+    def option_get(i):   # the least model work of any ioctl: what the path itself costs
+        m.iommufd.option(uapi.IOMMU_OPTION_RLIMIT_MODE, uapi.IOMMU_OPTION_OP_GET)
+        m.iommufd.option(uapi.IOMMU_OPTION_RLIMIT_MODE, uapi.IOMMU_OPTION_OP_GET)
+
     out = {}
     for name, fn in (("map+unmap", map_unmap), ("hwpt_alloc+destroy", alloc_destroy),
-                     ("attach+detach (HWPT id)", attach_hwpt), ("attach+detach (IOAS id: auto domain)", attach_auto)):
+                     ("attach+detach (HWPT id)", attach_hwpt), ("attach+detach (IOAS id: auto domain)", attach_auto),
+                     (FLOOR, option_get)):
         fn(0)
         best = float("inf")
         for _ in range(bursts):
