@@ -146,8 +146,10 @@ class KeyPlan:
         return tuple(sorted([(a, b, classes[o]) for a, b, o in reserved]))
 
 
-def _signatures(vmm: Vmm, ioases: list, hws: list, label: dict, rows: tuple, plan: KeyPlan) -> dict:
-    """``device_signatures`` from the parts ``canonical`` has already computed (``parts_out``)."""
+def _signatures(vmm: Vmm, ioases: list, hws: list, label: dict, rows: tuple, plan: KeyPlan,
+                devices: tuple | None = None) -> dict:
+    """``device_signatures`` (of ``devices``, default all) from the parts ``canonical`` has already computed
+    (``parts_out``)."""
     extra: dict[str, list] = {}
     for o in hws:
         for n in o.domain.upgraded_over:
@@ -157,9 +159,10 @@ def _signatures(vmm: Vmm, ioases: list, hws: list, label: dict, rows: tuple, pla
             extra.setdefault(owner, []).append(("reserved", label[o.id], a, b))
     us = vmm.us.get("hwpts", ())
     no_extra = ()
-    return {n: (row, tuple(sorted(extra[n])) if n in extra else no_extra,
+    index = plan.index
+    return {n: (rows[index[n]], tuple(sorted(extra[n])) if n in extra else no_extra,
                 tuple(i for i, h in enumerate(us) if n in h["devices"]) if us else no_extra)
-            for n, row in zip(plan.names, rows)}
+            for n in (plan.names if devices is None else devices)}
 
 
 def device_signatures(vmm: Vmm, done: frozenset, events: list[Step], classes: dict,
@@ -209,13 +212,14 @@ def canonical(vmm: Vmm, done: frozenset, events: list[Step], classes: dict, plan
         for r, o in enumerate(nested):
             p = o.parent
             label[o.id] = ("nested", label[p.id], sum(1 for j in nested[:r] if j.parent is p))
-    where = {}   # device -> the label of the HWPT it sits in
+    where = [None] * len(plan.names)   # each device's HWPT (its label), in ``plan.names`` order
+    index = plan.index
     for g in ctx.groups.values():
         h = g.hwpt
         if h is not None:
             lab = label[h.id]
             for idev in g.devices:
-                where[idev.dev.name] = lab
+                where[index[idev.dev.name]] = lab
     # each device's part, in ``plan.names`` order: its class, bound, attached, how opened, whether the
     # VMM holds its cdev / a device fd, whether KVM holds its file (or its group's), its done ops, the
     # label of its HWPT.  A HWPT's member devices are thus not in the HWPT's part: they are the devices
@@ -227,10 +231,10 @@ def canonical(vmm: Vmm, done: frozenset, events: list[Step], classes: dict, plan
         files, last = k.files, plan.kvm
         in_kvm = last[1] if last[0] == files else plan.kvm_column(files)
     names = plan.names
-    cdevs, devfds, wget = vmm.cdevs, vmm.devfds, where.get
-    rows = tuple([(c, d.idev_id is not None, d.attached, d.open_via, n in cdevs, n in devfds, kv, ops, wget(n))
-                  for c, n, d, kv, ops in zip(plan.classes, names, map(host.devices.__getitem__, names), in_kvm,
-                                              done_col)])
+    cdevs, devfds = vmm.cdevs, vmm.devfds
+    rows = tuple([(c, d.idev_id is not None, d.attached, d.open_via, n in cdevs, n in devfds, kv, ops, w)
+                  for c, n, d, kv, ops, w in zip(plan.classes, names, map(host.devices.__getitem__, names), in_kvm,
+                                                 done_col, where)])
     if parts_out is not None:
         parts_out[:] = (ioases, hws, label, rows, plan)
     hwpts = []
@@ -244,15 +248,20 @@ def canonical(vmm: Vmm, done: frozenset, events: list[Step], classes: dict, plan
                       up and tuple(sorted([classes[n] for n in up]))))
     if len(hwpts) > 1:
         hwpts.sort()
-    reserved_part = plan.reserved_part
-    ioas_state = tuple([(o.iopt.areas.key_items(), reserved_part(o.iopt.reserved)) for o in ioases])
+    if len(ioases) == 1:
+        iopt = ioases[0].iopt
+        ioas_state = ((iopt.areas.key_items(),
+                       tuple(sorted(iopt.reserved)) if plan.by_name else plan.reserved_part(iopt.reserved)),)
+    else:
+        ioas_state = tuple([(o.iopt.areas.key_items(), plan.reserved_part(o.iopt.reserved)) for o in ioases])
     names = vmm.names
-    if names:
+    if len(names) == 1:
+        for k, v in names.items():
+            names = ((k, ("dev", v) if v not in label or vmm.kinds.get(k) == "device" else label[v]),)
+    elif names:
         kinds = vmm.kinds
-        names = [(k, ("dev", v) if kinds.get(k) == "device" or v not in label else label[v]) for k, v in names.items()]
-        if len(names) > 1:
-            names.sort()
-        names = tuple(names)
+        names = tuple(sorted([(k, ("dev", v) if v not in label or kinds.get(k) == "device" else label[v])
+                              for k, v in names.items()]))
     else:
         names = ()
     us = vmm.us.get("hwpts")
@@ -313,6 +322,8 @@ class Model:
             if e.args.get("device") is not None:
                 own.setdefault(e.args["device"], set()).add(e.label)
         self._templates = [_template(e, own.get(e.args.get("device"), set())) for e in self.events]
+        tids: dict = {}   # each event's template as a small int (``orbits`` hashes it per enabled event)
+        self._template_ids = [tids.setdefault(t, len(tids)) for t in self._templates]
 
     def init(self) -> Vmm:
         vmm = Vmm(self.sc, self.profile, self.strategy)
@@ -340,22 +351,61 @@ class Model:
                 self._undo = None
                 node.vmm.restore()
                 self._clean = node.vmm    # restored and only read: the first ``next`` needs no restore
-            sig = device_signatures(node.vmm.root, node.done, self.events, self.key_classes, self._plan_of(node.vmm.root))
+            vmm = node.vmm.root
+            sig = self._signature_ids(device_signatures(vmm, node.done, self.events, self.key_classes,
+                                                        self._plan_of(vmm)), node.done)
         groups: dict = {}
         out = []
+        events, tids = self.events, self._template_ids
         for ei in acts:
-            d = self.events[ei].args.get("device")
-            if d is None or self.classes[d] == d:   # no device, or a device that is its own class
+            s = sig.get(events[ei].args.get("device"))
+            if s is None:   # no device, or no other device of its class with an event enabled here
                 out.append((ei, [ei]))
                 continue
-            g = groups.get((sig[d], self._templates[ei]))
+            k = (s, tids[ei])
+            g = groups.get(k)
             if g is None:
-                g = groups[(sig[d], self._templates[ei])] = (ei, [ei])
+                g = groups[k] = (ei, [ei])
                 out.append(g)
             else:
                 g[1].append(ei)
         return out
 
+    def _signature_devices(self, done: frozenset) -> tuple:
+        """The devices whose signatures ``orbits`` compares after ``done``, by class: those with an event
+        enabled that share their class with another such device (a device alone in its class here is its
+        own orbit: its signature, which holds its class, equals no other's).  Kept per done-set."""
+        cache = self.__dict__.setdefault("_sig_devices", {})
+        devs = cache.get(done)
+        if devs is None:
+            by_class: dict = {}
+            for ei in self.actions(done):
+                d = self.events[ei].args.get("device")
+                if d is not None and self.classes[d] != d:
+                    by_class.setdefault(self.key_classes[d], set()).add(d)
+            devs = cache[done] = tuple(tuple(sorted(ds)) for _, ds in sorted(by_class.items()) if len(ds) > 1)
+        return devs
+
+    def _signature_ids(self, sigs: dict, done: frozenset) -> dict:
+        """Device -> its signature as a small int, equal iff the signatures are, for the devices
+        ``_signature_devices`` names (what ``orbits`` hashes, per enabled event).  Compared, not hashed:
+        equal signatures mostly share their parts (labels, done ops), which ``==`` passes by identity, and
+        unequal ones differ early; a hash walks every part of every signature."""
+        ids: dict = {}
+        n = 0
+        for devs in self._signature_devices(done):
+            reps: list = []
+            for d in devs:
+                s = sigs[d]
+                for r, i in reps:
+                    if r == s:
+                        ids[d] = i
+                        break
+                else:
+                    ids[d] = n
+                    reps.append((s, n))
+                    n += 1
+        return ids
     def keep(self, vmm: Vmm, done: frozenset | None = None):
         """What a node holds of the state ``vmm``: the Vmm itself, or (live) a Snapshot of it; nothing for a
         final state (``done`` is every event) on the live path: it is never expanded."""
@@ -406,7 +456,7 @@ class Model:
 
     def __getstate__(self):   # engines ship the model to workers: not the cache
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("_frozen", "_plan", "_actions", "_at", "_clean", "_undo", "_parts")}
+                if k not in ("_frozen", "_plan", "_actions", "_sig_devices", "_at", "_clean", "_undo", "_parts")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -446,11 +496,16 @@ class Model:
         from the parts of the key ``key`` just computed for it when it was this state's."""
         sig = None
         if self.symmetry and self.live and len(done) < len(self.events) - 1:
-            p = self._parts
-            if len(p) == 6 and p[5][0] is vmm and p[5][1] is done:
-                sig = _signatures(vmm, *p[:5])
+            devs = self._signature_devices(done)
+            if not devs:
+                sig = {}
             else:
-                sig = device_signatures(vmm, done, self.events, self.key_classes, self._plan_of(vmm))
+                p = self._parts
+                if len(p) == 6 and p[5][0] is vmm and p[5][1] is done:
+                    sigs = _signatures(vmm, *p[:5], [d for ds in devs for d in ds])
+                else:
+                    sigs = device_signatures(vmm, done, self.events, self.key_classes, self._plan_of(vmm))
+                sig = self._signature_ids(sigs, done)
         self._parts.clear()
         return sig
 
