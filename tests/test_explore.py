@@ -43,6 +43,36 @@ def test_symmetry_cuts_states_but_not_answers():
     assert [(h["kind"], h["count"]) for h in a["hazards"]] == [(h["kind"], h["count"]) for h in b["hazards"]]
 
 
+def test_signatures_are_the_keys_device_parts():
+    """What ``Model.orbits`` assumes: each device's signature starts with its part of the key (so the
+    key's device parts are the signatures' first parts, as a multiset), and the small ints ``orbits``
+    compares are equal exactly when those devices' signatures are -- for the devices that share their
+    class with another device that has an event enabled, and only those.  Every state three events deep."""
+    from pyiommufd.explore import Model, device_signatures
+    m = Model(BENCH, "linux-6.12", symmetry=True)
+    frontier = [(m.init(), frozenset())]
+    checked = 0
+    for _ in range(3):
+        nxt = []
+        for vmm, done in frontier:
+            key = m.key(vmm, done)
+            sigs = device_signatures(vmm, done, m.events, m.key_classes)
+            assert sorted(s[0] for s in sigs.values()) == sorted(key[0])
+            ids = m._signature_ids(sigs, done)
+            enabled = {}
+            for ei in m.actions(done):
+                d = m.events[ei].args["device"]
+                enabled.setdefault(m.key_classes[d], set()).add(d)
+            assert set(ids) == {d for ds in enabled.values() if len(ds) > 1 for d in ds}
+            for a in ids:
+                for b in ids:
+                    assert (ids[a] == ids[b]) == (sigs[a] == sigs[b])
+            checked += len(ids) > 1 and len(set(ids.values())) < len(ids)
+            nxt += [(m.next(vmm, ei), done | {ei}) for ei in m.actions(done)]
+        frontier = nxt
+    assert checked   # some state has two devices with one signature (an orbit to merge)
+
+
 def test_state_counts_pinned():
     # Pinned like Stateright's tests pin theirs: a change here is a change of the model's state space.
     assert explore(BENCH, "linux-6.12", symmetry=True)["states"] == 72

@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import time
 from dataclasses import dataclass
+from operator import attrgetter
 
 from .errors import ScenarioError
 from .hazards import KINDS, detect
@@ -92,129 +93,187 @@ def _done_parts(done: frozenset, events: list[Step]) -> tuple[dict, tuple]:
     return {d: tuple(sorted(ops)) for d, ops in by_dev.items()}, tuple(glob)
 
 
-def _device_parts(vmm: Vmm, ctx, label: dict, done_by_dev: dict, classes: dict) -> tuple[dict, dict, dict]:
-    """Each device's part of the key (without its HWPT), the label of the HWPT each device sits in, and
-    each HWPT label's members (their parts)."""
-    host = vmm.host
-    kvm_files = {(f.dev.name if f.kind == "cdev" else f.group) for f in host.kvm.files} if host.kvm else ()
-    cdevs, devfds = vmm.cdevs, vmm.devfds
-    no_ops = ()
-    dev_states = {}   # each device's part, computed once (it recurs per HWPT)
-    for name, d in host.devices.items():
-        dev_states[name] = (classes[name], d.idev_id is not None, d.attached, d.open_via, name in cdevs,
-                            name in devfds, name in kvm_files or d.group in kvm_files,
-                            done_by_dev.get(name, no_ops))
-    where = {}
-    members_of: dict = {}
-    for g in ctx.groups.values():
-        if g.hwpt is not None:
-            lab = label[g.hwpt.id]
-            for idev in g.devices:
-                n = idev.dev.name
-                where[n] = lab
-                members_of.setdefault(lab, []).append(dev_states[n])
-    return dev_states, where, members_of
+_obj_id = attrgetter("id")
 
 
-def _labels(objs: dict) -> tuple[list, dict]:
-    """The IOASes by id, and every IOAS/HWPT id -> its id-free label (module docstring)."""
-    ioases, nested = [], []
-    for i, o in objs.items():
-        t = o.type
-        if t == "ioas":
-            ioases.append(i)
-        elif t == "hwpt_nested":
-            nested.append(i)
-    ioases.sort()
-    label = {}
-    for n, i in enumerate(ioases):
-        label[i] = ("ioas", n)
-        for pos, h in enumerate(objs[i].hwpt_list):
-            label[h.id] = ("hwpt", n, pos)
-    if nested:   # rare: ranked among the nested HWPTs of one parent, by id
-        for i in sorted(nested):
-            p = objs[i].parent
-            label[i] = ("nested", label[p.id], sum(1 for j in nested if j < i and objs[j].parent is p))
-    return ioases, label
+class KeyPlan:
+    """What the key takes from the scenario and the class map, worked out once per exploration: the devices
+    in one fixed order (the host's), their groups and classes, whether the classes are all distinct, and per
+    done-set each device's done ops in that order plus the device-less events."""
+
+    __slots__ = ("names", "groups", "class_map", "classes", "index", "distinct", "events", "done", "no_kvm", "kvm",
+                 "by_name")
+
+    def __init__(self, devices: dict, events: list[Step], classes: dict):
+        self.names = tuple(devices)
+        self.groups = tuple(d.group for d in devices.values())
+        self.class_map = classes
+        self.classes = tuple(classes[n] for n in self.names)
+        self.index = {n: i for i, n in enumerate(self.names)}
+        # all distinct (symmetry off): sorting the devices' parts would order them by class, the same
+        # permutation of this order in every state, so the parts are kept in this order unsorted
+        self.distinct = len(set(self.classes)) == len(self.classes)
+        self.events = events
+        self.done: dict = {}
+        self.no_kvm = tuple(False for _ in self.names)
+        self.kvm: tuple = (None, self.no_kvm)   # (KVM's file list, its ``kvm_column``) last seen
+        self.by_name = all(c == n for n, c in classes.items())   # symmetry off: a device's class is its name
+
+    def done_parts(self, done: frozenset) -> tuple[tuple, tuple]:
+        """(each device's done ops, in ``names`` order; the device-less events), kept per done-set."""
+        p = self.done.get(done)
+        if p is None:
+            by_dev, glob = _done_parts(done, self.events)
+            p = self.done[done] = (tuple([by_dev.get(n, ()) for n in self.names]), glob)
+        return p
+
+    def kvm_column(self, files: list) -> tuple:
+        """Whether KVM's kvm-vfio device holds each device's file or its group's, in ``names`` order.
+        Kept for the last file list seen: a file's device or group is never rebound (vfio.py ``_fixed``),
+        so the same file objects give the same column (held here, so their ids are not reused)."""
+        last = self.kvm
+        if last[0] != files:    # by identity (files have no __eq__), item by item
+            kvm_files = {(f.dev.name if f.kind == "cdev" else f.group) for f in files}
+            col = tuple([n in kvm_files or g in kvm_files for n, g in zip(self.names, self.groups)])
+            last = self.kvm = (list(files), col)
+        return last[1]
+
+    def reserved_part(self, reserved: list) -> tuple:
+        """An IOAS's reserved ranges with their owners' classes, sorted."""
+        if self.by_name:
+            return tuple(sorted(reserved))
+        classes = self.class_map
+        return tuple(sorted([(a, b, classes[o]) for a, b, o in reserved]))
 
 
-def _signatures(vmm: Vmm, objs: dict, ioases: list, label: dict, dev_states: dict, where: dict) -> dict:
-    """``device_signatures`` from parts ``canonical`` has already computed."""
+def _signatures(vmm: Vmm, ioases: list, hws: list, label: dict, rows: tuple, plan: KeyPlan,
+                devices: tuple | None = None) -> dict:
+    """``device_signatures`` (of ``devices``, default all) from the parts ``canonical`` has already computed
+    (``parts_out``)."""
     extra: dict[str, list] = {}
-    for i, o in objs.items():
-        if o.type in ("hwpt_paging", "hwpt_nested"):
-            for n in o.domain.upgraded_over:
-                extra.setdefault(n, []).append(("upgraded", label[i]))
-    for i in ioases:
-        for a, b, owner in objs[i].iopt.reserved:
-            extra.setdefault(owner, []).append(("reserved", label[i], a, b))
+    for o in hws:
+        for n in o.domain.upgraded_over:
+            extra.setdefault(n, []).append(("upgraded", label[o.id]))
+    for o in ioases:
+        for a, b, owner in o.iopt.reserved:
+            extra.setdefault(owner, []).append(("reserved", label[o.id], a, b))
     us = vmm.us.get("hwpts", ())
     no_extra = ()
-    return {n: (s, where.get(n), tuple(sorted(extra[n])) if n in extra else no_extra,
+    index = plan.index
+    return {n: (rows[index[n]], tuple(sorted(extra[n])) if n in extra else no_extra,
                 tuple(i for i, h in enumerate(us) if n in h["devices"]) if us else no_extra)
-            for n, s in dev_states.items()}
+            for n in (plan.names if devices is None else devices)}
 
 
-def device_signatures(vmm: Vmm, done: frozenset, events: list[Step], classes: dict) -> dict[str, tuple]:
-    """Device -> everything the key says about it, position by position: its part, its HWPT's label, the
-    HWPTs whose domain lists it as upgraded over, the reserved ranges it owns, the user-space HWPTs
+def device_signatures(vmm: Vmm, done: frozenset, events: list[Step], classes: dict,
+                      plan: KeyPlan | None = None) -> dict[str, tuple]:
+    """Device -> everything the key says about it, position by position: its part with its HWPT's label,
+    the HWPTs whose domain lists it as upgraded over, the reserved ranges it owns, the user-space HWPTs
     (strategy bookkeeping) listing it.  (The key itself sees the last three only as multisets of
     classes.)  Two devices of one class with equal signatures can be swapped leaving the key without
     symmetry unchanged, part by part: the state's own symmetry (``Model.orbits``)."""
-    ctx = vmm.host.ctxs[vmm.iommufd.fd]
-    objs = ctx.objects
-    ioases, label = _labels(objs)
-    dev_states, where, _ = _device_parts(vmm, ctx, label, _done_parts(done, events)[0], classes)
-    return _signatures(vmm, objs, ioases, label, dev_states, where)
+    parts: list = []
+    canonical(vmm, done, events, classes, plan, parts)
+    return _signatures(vmm, *parts)
 
 
-def canonical(vmm: Vmm, done: frozenset, events: list[Step], classes: dict, cache: dict | None = None,
+def canonical(vmm: Vmm, done: frozenset, events: list[Step], classes: dict, plan: KeyPlan | None = None,
               parts_out: list | None = None) -> tuple:
-    """The state's key (module docstring).  ``cache``: a dict the caller keeps per exploration, for what
-    depends on the done-set and the scenario only.  ``parts_out``: filled with what ``_signatures``
+    """The state's key (module docstring), in one pass over the state.  ``plan``: the ``KeyPlan`` the
+    caller keeps per exploration (made here if None).  ``parts_out``: filled with what ``_signatures``
     needs, so the caller can take the signatures of this state without walking it again."""
     host = vmm.host
+    if plan is None:
+        plan = KeyPlan(host.devices, events, classes)
+    done_col, glob = plan.done.get(done) or plan.done_parts(done)
     ctx = host.ctxs[vmm.iommufd.fd]
-    objs = ctx.objects
-    ioases, label = _labels(objs)
-    if cache is None:
-        done_by_dev, glob = _done_parts(done, events)
-    else:
-        parts = cache.get(done)
-        if parts is None:
-            parts = cache[done] = _done_parts(done, events)
-        done_by_dev, glob = parts
-    dev_states, where, members_of = _device_parts(vmm, ctx, label, done_by_dev, classes)
-    if parts_out is not None:
-        parts_out[:] = (objs, ioases, label, dev_states, where)
-    no_ops = ()
-    wget = where.get
-    devs = sorted([s + (wget(n),) for n, s in dev_states.items()])
-    hwpts = []
-    for i, o in objs.items():
+    ioases, hws, nested = [], [], None
+    for o in ctx.objects.values():
         t = o.type
-        if t == "hwpt_paging" or t == "hwpt_nested":
-            dom = o.domain
-            lab = label[i]
-            up = dom.upgraded_over
-            mem = members_of.get(lab, no_ops)
-            hwpts.append((lab, o.users, getattr(o, "auto_domain", False), o.enforce_cc, dom.enforce_cc,
-                          dom.set_pte_snp, dom.has_mappings,
-                          tuple(sorted(dom.ptes.items())) if len(dom.ptes) > 1 else tuple(dom.ptes.items()),
-                          up and tuple(sorted([classes[n] for n in up])),
-                          tuple(sorted(mem)) if len(mem) > 1 else tuple(mem)))
-    hwpts.sort()
-    ioas_state = tuple((tuple(objs[i].iopt.areas.items()),
-                        tuple(sorted([(a, b, classes[o]) for a, b, o in objs[i].iopt.reserved]))) for i in ioases)
-    kinds, lget = vmm.kinds, label.get
-    names = tuple(sorted([(k, lget(v, ("dev", v)) if kinds.get(k) != "device" else ("dev", v))
-                          for k, v in vmm.names.items()]))
+        if t == "device":
+            continue
+        if t == "ioas":
+            ioases.append(o)
+        elif t == "hwpt_paging":
+            hws.append(o)
+        elif t == "hwpt_nested":
+            hws.append(o)
+            nested = [o] if nested is None else nested + [o]
+    if len(ioases) > 1:
+        ioases.sort(key=_obj_id)
+    # every IOAS/HWPT id -> its id-free label (module docstring)
+    label = {}
+    for n, o in enumerate(ioases):
+        label[o.id] = ("ioas", n)
+        for pos, h in enumerate(o.hwpt_list):
+            label[h.id] = ("hwpt", n, pos)
+    if nested:   # rare: ranked among the nested HWPTs of one parent, by id
+        nested.sort(key=_obj_id)
+        for r, o in enumerate(nested):
+            p = o.parent
+            label[o.id] = ("nested", label[p.id], sum(1 for j in nested[:r] if j.parent is p))
+    where = [None] * len(plan.names)   # each device's HWPT (its label), in ``plan.names`` order
+    index = plan.index
+    for g in ctx.groups.values():
+        h = g.hwpt
+        if h is not None:
+            lab = label[h.id]
+            for idev in g.devices:
+                where[index[idev.dev.name]] = lab
+    # each device's part, in ``plan.names`` order: its class, bound, attached, how opened, whether the
+    # VMM holds its cdev / a device fd, whether KVM holds its file (or its group's), its done ops, the
+    # label of its HWPT.  A HWPT's member devices are thus not in the HWPT's part: they are the devices
+    # whose part ends with its label.
+    k = host.kvm
+    if k is None:
+        in_kvm = plan.no_kvm
+    else:
+        files, last = k.files, plan.kvm
+        in_kvm = last[1] if last[0] == files else plan.kvm_column(files)
+    names = plan.names
+    cdevs, devfds = vmm.cdevs, vmm.devfds
+    rows = tuple([(c, d.idev_id is not None, d.attached, d.open_via, n in cdevs, n in devfds, kv, ops, w)
+                  for c, n, d, kv, ops, w in zip(plan.classes, names, map(host.devices.__getitem__, names), in_kvm,
+                                                 done_col, where)])
+    if parts_out is not None:
+        parts_out[:] = (ioases, hws, label, rows, plan)
+    hwpts = []
+    for o in hws:
+        dom = o.domain
+        up = dom.upgraded_over
+        ptes = dom.ptes
+        hwpts.append((label[o.id], o.users, getattr(o, "auto_domain", False), o.enforce_cc, dom.enforce_cc,
+                      dom.set_pte_snp, dom.has_mappings,
+                      tuple(sorted(ptes.items())) if len(ptes) > 1 else tuple(ptes.items()),
+                      up and tuple(sorted([classes[n] for n in up]))))
+    if len(hwpts) > 1:
+        hwpts.sort()
+    if len(ioases) == 1:
+        iopt = ioases[0].iopt
+        ioas_state = ((iopt.areas.key_items(),
+                       tuple(sorted(iopt.reserved)) if plan.by_name else plan.reserved_part(iopt.reserved)),)
+    else:
+        ioas_state = tuple([(o.iopt.areas.key_items(), plan.reserved_part(o.iopt.reserved)) for o in ioases])
+    names = vmm.names
+    if len(names) == 1:
+        for k, v in names.items():
+            names = ((k, ("dev", v) if v not in label or vmm.kinds.get(k) == "device" else label[v]),)
+    elif names:
+        kinds = vmm.kinds
+        names = tuple(sorted([(k, ("dev", v) if v not in label or kinds.get(k) == "device" else label[v])
+                              for k, v in names.items()]))
+    else:
+        names = ()
     us = vmm.us.get("hwpts")
-    us = tuple((lget(h["id"]), h["cc"], tuple(sorted([dev_states[n] for n in h["devices"]])))
-               for h in us) if us else ()
+    if us:
+        index, lget = plan.index, label.get
+        us = tuple((lget(h["id"]), h["cc"], tuple(sorted([rows[index[n]][:-1] for n in h["devices"]])))
+                   for h in us)
+    else:
+        us = ()
     k = host.kvm
     kvm = (k.noncoherent, k.noncoherent_dma_count, k.sptes_present, k.memtype_stale) if k else None
-    return (tuple(devs), tuple(hwpts), ioas_state, names, us, kvm, glob)
+    return (rows if plan.distinct else tuple(sorted(rows)), tuple(hwpts), ioas_state, names, us, kvm, glob)
 
 
 def _domains(vmm: Vmm) -> int:
@@ -254,6 +313,8 @@ class Model:
         ids = {c: i for i, c in enumerate(sorted(set(self.classes.values()), key=repr))}
         self.key_classes = {n: ids[c] for n, c in self.classes.items()} if symmetry else self.classes
         self._parts: list = []
+        self._plan: KeyPlan | None = None
+        self._keep_parts = symmetry and live   # what ``signatures`` reads back
         self.outcome_at: frozenset | None = None   # a done-set whose states also get an outcome (``explore_prefix``)
         self.live = live
         own = {}
@@ -261,6 +322,8 @@ class Model:
             if e.args.get("device") is not None:
                 own.setdefault(e.args["device"], set()).add(e.label)
         self._templates = [_template(e, own.get(e.args.get("device"), set())) for e in self.events]
+        tids: dict = {}   # each event's template as a small int (``orbits`` hashes it per enabled event)
+        self._template_ids = [tids.setdefault(t, len(tids)) for t in self._templates]
 
     def init(self) -> Vmm:
         vmm = Vmm(self.sc, self.profile, self.strategy)
@@ -288,22 +351,61 @@ class Model:
                 self._undo = None
                 node.vmm.restore()
                 self._clean = node.vmm    # restored and only read: the first ``next`` needs no restore
-            sig = device_signatures(node.vmm.root, node.done, self.events, self.key_classes)
+            vmm = node.vmm.root
+            sig = self._signature_ids(device_signatures(vmm, node.done, self.events, self.key_classes,
+                                                        self._plan_of(vmm)), node.done)
         groups: dict = {}
         out = []
+        events, tids = self.events, self._template_ids
         for ei in acts:
-            d = self.events[ei].args.get("device")
-            if d is None or self.classes[d] == d:   # no device, or a device that is its own class
+            s = sig.get(events[ei].args.get("device"))
+            if s is None:   # no device, or no other device of its class with an event enabled here
                 out.append((ei, [ei]))
                 continue
-            g = groups.get((sig[d], self._templates[ei]))
+            k = (s, tids[ei])
+            g = groups.get(k)
             if g is None:
-                g = groups[(sig[d], self._templates[ei])] = (ei, [ei])
+                g = groups[k] = (ei, [ei])
                 out.append(g)
             else:
                 g[1].append(ei)
         return out
 
+    def _signature_devices(self, done: frozenset) -> tuple:
+        """The devices whose signatures ``orbits`` compares after ``done``, by class: those with an event
+        enabled that share their class with another such device (a device alone in its class here is its
+        own orbit: its signature, which holds its class, equals no other's).  Kept per done-set."""
+        cache = self.__dict__.setdefault("_sig_devices", {})
+        devs = cache.get(done)
+        if devs is None:
+            by_class: dict = {}
+            for ei in self.actions(done):
+                d = self.events[ei].args.get("device")
+                if d is not None and self.classes[d] != d:
+                    by_class.setdefault(self.key_classes[d], set()).add(d)
+            devs = cache[done] = tuple(tuple(sorted(ds)) for _, ds in sorted(by_class.items()) if len(ds) > 1)
+        return devs
+
+    def _signature_ids(self, sigs: dict, done: frozenset) -> dict:
+        """Device -> its signature as a small int, equal iff the signatures are, for the devices
+        ``_signature_devices`` names (what ``orbits`` hashes, per enabled event).  Compared, not hashed:
+        equal signatures mostly share their parts (labels, done ops), which ``==`` passes by identity, and
+        unequal ones differ early; a hash walks every part of every signature."""
+        ids: dict = {}
+        n = 0
+        for devs in self._signature_devices(done):
+            reps: list = []
+            for d in devs:
+                s = sigs[d]
+                for r, i in reps:
+                    if r == s:
+                        ids[d] = i
+                        break
+                else:
+                    ids[d] = n
+                    reps.append((s, n))
+                    n += 1
+        return ids
     def keep(self, vmm: Vmm, done: frozenset | None = None):
         """What a node holds of the state ``vmm``: the Vmm itself, or (live) a Snapshot of it; nothing for a
         final state (``done`` is every event) on the live path: it is never expanded."""
@@ -354,17 +456,30 @@ class Model:
 
     def __getstate__(self):   # engines ship the model to workers: not the cache
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("_frozen", "_done_cache", "_actions", "_at", "_clean", "_undo", "_parts")}
+                if k not in ("_frozen", "_plan", "_actions", "_sig_devices", "_at", "_clean", "_undo", "_parts")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._parts = []
+        self._plan = None
+
+    def _plan_of(self, vmm: Vmm) -> KeyPlan:
+        """The exploration's ``KeyPlan`` (made from the first state asked for: every state has the same devices)."""
+        plan = self._plan
+        if plan is None:
+            plan = self._plan = KeyPlan(vmm.host.devices, self.events, self.key_classes)
+        return plan
 
     def key(self, vmm: Vmm, done: frozenset) -> tuple:
-        """The canonical key; it also keeps what the signatures of this state need (``node``)."""
-        cache = self.__dict__.setdefault("_done_cache", {})
+        """The canonical key; with symmetry on the live path it also keeps what the signatures of this
+        state need (``node``)."""
+        plan = self._plan
+        if plan is None:
+            plan = self._plan_of(vmm)
+        if not self._keep_parts:
+            return canonical(vmm, done, self.events, self.key_classes, plan)
         parts = self._parts
-        k = canonical(vmm, done, self.events, self.key_classes, cache, parts)
+        k = canonical(vmm, done, self.events, self.key_classes, plan, parts)
         parts.append((vmm, done))
         return k
 
@@ -381,11 +496,16 @@ class Model:
         from the parts of the key ``key`` just computed for it when it was this state's."""
         sig = None
         if self.symmetry and self.live and len(done) < len(self.events) - 1:
-            p = self._parts
-            if len(p) == 6 and p[5][0] is vmm and p[5][1] is done:
-                sig = _signatures(vmm, *p[:5])
+            devs = self._signature_devices(done)
+            if not devs:
+                sig = {}
             else:
-                sig = device_signatures(vmm, done, self.events, self.key_classes)
+                p = self._parts
+                if len(p) == 6 and p[5][0] is vmm and p[5][1] is done:
+                    sigs = _signatures(vmm, *p[:5], [d for ds in devs for d in ds])
+                else:
+                    sigs = device_signatures(vmm, done, self.events, self.key_classes, self._plan_of(vmm))
+                sig = self._signature_ids(sigs, done)
         self._parts.clear()
         return sig
 

@@ -56,6 +56,12 @@ class AreaMap:
         values = self._values
         return [values[k] for chunk in self._chunks for k in chunk]
 
+    def key_items(self) -> tuple:
+        """``items()`` as a tuple, cheaply when there are at most one area (the explorer's key reads it
+        per state)."""
+        values = self._values
+        return tuple(values.items()) if len(values) < 2 else tuple(self.items())
+
     def __eq__(self, other) -> bool:
         return isinstance(other, AreaMap) and self._values == other._values
 
