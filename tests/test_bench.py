@@ -2,6 +2,9 @@
 No timing assertions: only that the figures are produced and mean what they claim."""
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -164,3 +167,20 @@ def test_twelve_devices_symmetry_on_and_spin_agree():
     assert "explorer" not in r and r["verdicts_agree"]
     assert r["spin"]["states"] == 41136 and r["explorer_symmetry"]["states"] == 247
     assert r["spin"]["verify_seconds"] <= r["spin"]["seconds"] and r["explorer_vs_spin_verify"] > 0
+
+
+@pytest.mark.skipif(not (Path(__file__).parent.parent / ".git").exists(), reason="not a git checkout")
+def test_before_issue14_runs_the_old_code_beside_the_new_on_the_same_states():
+    """benchmarks/before_issue14.py: the explorer of the commit before issue 14 (from git) and the working
+    tree, alternately; both must count the same states (the script refuses otherwise)."""
+    root = Path(__file__).parent.parent
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "before_issue14.py"),
+                          str(SCENARIOS / "explore" / "hot-unplug.toml"), "--rounds", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["before_commit"] == "6f9e82e" and r["states"] == explore(HOT, "linux-6.12", symmetry=False)["states"]
+    assert r["speedup"] > 0 and abs(r["speedup"] - r["seconds"]["before"] / r["seconds"]["now"]) < 0.02
+    bad = subprocess.run([sys.executable, str(root / "benchmarks" / "before_issue14.py"), "missing.toml"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "no scenario" in bad.stderr
