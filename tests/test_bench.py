@@ -149,7 +149,12 @@ def test_bench_measures_the_explorer_before_issue_14_and_a_real_ioctl():
     assert e["speedup_vs_reference"] == res["explorer_speedup_vs_reference"] > 0
     em = res["emulator"]
     assert em["real_ioctl"]["us_per_call"] > 0 and em["emulated_vs_real_ioctl"] == res["emulated_vs_real_ioctl"]
-    assert {g["id"] for g in res["goals"]} >= {"explorer_speedup", "emulated_vs_real_ioctl"}
+    assert {g["id"] for g in res["goals"]} >= {"explorer_speedup", "emulated_vs_real_ioctl", "explorer_speedup_same_run"}
+    # the code before issue 14, from git, on the same scenario in the same run (or why not)
+    b = res["explorer_before_issue14"]
+    if "skipped" not in b:
+        assert b["states"] == e["explorer"]["states"] and b["before_commit"] == "6f9e82e"
+        assert res["explorer_speedup_vs_before_issue14_code"] == b["speedup"] > 0
     # the path alone (IOMMU_OPTION get) costs less than the mix's average ioctl, which does model work
     floor = em["us_per_ioctl_by_kind"][emulator.FLOOR]
     assert 0 < floor < em["us_per_ioctl"]
@@ -184,3 +189,10 @@ def test_before_issue14_runs_the_old_code_beside_the_new_on_the_same_states():
     bad = subprocess.run([sys.executable, str(root / "benchmarks" / "before_issue14.py"), "missing.toml"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "no scenario" in bad.stderr
+
+
+def test_before_issue14_outside_a_checkout_says_why(monkeypatch, tmp_path):
+    from pyiommufd.bench import before
+    monkeypatch.setattr(before, "ROOT", tmp_path)
+    with pytest.raises(before.Unavailable, match="not a git checkout"):
+        before.measure(SCENARIOS / "explore" / "hot-unplug.toml", rounds=1)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..explore import explore
 from ..scenario import load
-from . import emulator, interposer, naive, spin
+from . import before, emulator, interposer, naive, spin
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 BENCH_8 = SCENARIOS / "bench" / "intel-8dev-3units.toml"
@@ -43,10 +43,11 @@ HEADLINE = ("emulator_ioctls_per_s", "map_cost_ratio_1e6_vs_1e3", "explorer_stat
 SIZES = {
     False: {"cycles": 2000, "ioctl_repeats": 15, "map_small": 1000, "map_large": 1_000_000, "map_ops": 5000,
             "map_rounds": 5, "repeats": 3, "scenarios": (BENCH_8, BENCH_10, BENCH_12),
-            "naive_on": (BENCH_8, BENCH_10), "symmetry_only": (BENCH_12,), "emulate_ioctls": 40000},
+            "naive_on": (BENCH_8, BENCH_10), "symmetry_only": (BENCH_12,), "emulate_ioctls": 40000,
+            "before_rounds": 3},
     True: {"cycles": 1000, "ioctl_repeats": 5, "map_small": 1000, "map_large": 10_000, "map_ops": 1000,
            "map_rounds": 3, "repeats": 1, "scenarios": (QUICK,), "naive_on": (QUICK,), "symmetry_only": (),
-           "emulate_ioctls": 4000},
+           "emulate_ioctls": 4000, "before_rounds": 1},
 }
 GOAL_IOCTLS = 200_000
 GOAL_MAP_RATIO = 2.0
@@ -247,6 +248,11 @@ def run(quick: bool = False, with_spin: bool = True, progress=None, sizes: dict 
                                              with_spin=with_spin, progress=say,
                                              no_symmetry=path not in z["symmetry_only"])
     res["explorer"] = engines
+    say("the explorer of the commit before issue 14 (from git history), alternately with today's, symmetry off")
+    try:
+        res["explorer_before_issue14"] = before.measure(z["scenarios"][0], PROFILE, z["before_rounds"], say)
+    except before.Unavailable as e:
+        res["explorer_before_issue14"] = {"skipped": str(e)}
     main = engines[z["scenarios"][0].stem]
     res.update({
         "emulator_ioctls_per_s": em["ioctls_per_cpu_s"],
@@ -266,6 +272,7 @@ def run(quick: bool = False, with_spin: bool = True, progress=None, sizes: dict 
         "explorer_speedup_vs_issue14_figure": round(main["explorer"]["states_per_s"] / BASELINE_ISSUE14_STATES_PER_S, 2),
         "emulated_vs_real_ioctl": em["emulated_vs_real_ioctl"],
         "emulated_floor_vs_real_ioctl": em["emulated_floor_vs_real_ioctl"],
+        "explorer_speedup_vs_before_issue14_code": res["explorer_before_issue14"].get("speedup"),
     })
     if BENCH_12.stem in engines and "spin" in engines[BENCH_12.stem]:
         res["explorer_vs_spin_verify_12"] = engines[BENCH_12.stem]["explorer_vs_spin_verify"]
@@ -327,6 +334,11 @@ def goals(res: dict) -> list[dict]:
                                               f"(the reference path in this run; issue 14: {BASELINE_ISSUE14_STATES_PER_S} "
                                               "states/s)",
                 "value": res["explorer_speedup_vs_reference"], "met": res["explorer_speedup_vs_reference"] >= GOAL_SPEEDUP})
+    v = res["explorer_speedup_vs_before_issue14_code"]
+    out.append({"id": "explorer_speedup_same_run", "goal": f"explorer throughput, symmetry off, >= {GOAL_SPEEDUP:g} x "
+                                                       f"the explorer of commit {before.BEFORE} (before issue 14), "
+                                                       "measured alternately in this run",
+                "value": v, "met": None if v is None else v >= GOAL_SPEEDUP})
     out.append({"id": "emulated_vs_real_ioctl", "goal": f"an emulated ioctl (mix, client + transport) <= "
                                                     f"{GOAL_REAL_IOCTL_RATIO:g} x a real ioctl syscall from Python",
                 "value": res["emulated_vs_real_ioctl"], "met": res["emulated_vs_real_ioctl"] <= GOAL_REAL_IOCTL_RATIO})
