@@ -30,6 +30,9 @@ def bench_report(res: dict, console: Console) -> None:
     if em.get("real_ioctl"):
         t.add_row("an emulated ioctl (the mix) vs a real one", f"{em['us_per_ioctl']} us vs {em['real_ioctl']['us_per_call']} us "
                   f"({em['real_ioctl']['ioctl']}): x{em['emulated_vs_real_ioctl']}")
+        if em.get("emulated_floor_vs_real_ioctl") is not None:
+            t.add_row("  the emulator's path alone (IOMMU_OPTION get) vs the real one",
+                      f"x{em['emulated_floor_vs_real_ioctl']}")
     small, large = ms["live"]
     t.add_row(f"map+unmap, {small:,} live mappings", f"{ms['us_per_op'][str(small)]} us per op")
     if res.get("emulate"):
@@ -65,6 +68,14 @@ def bench_report(res: dict, console: Console) -> None:
         e.add_row("", f"  counts and verdicts {agree}", "", "", f"symmetry reduction x{r['symmetry_reduction_factor']}",
                   "", "")
     console.print(e)
+    b = res.get("explorer_before_issue14")
+    if b and "skipped" in b:
+        console.print(f"[yellow]the explorer before issue 14 not run:[/] {b['skipped']}")
+    elif b:
+        console.print(f"the explorer before issue 14 (commit {b['before_commit']}, from git) and now, alternately in "
+                      f"this run, symmetry off, {b['scenario']}: {b['seconds']['before']:.3f} s vs "
+                      f"{b['seconds']['now']:.3f} s ({b['states_per_s']['before']:,.0f} vs "
+                      f"{b['states_per_s']['now']:,.0f} states/s): x{b['speedup']}")
     if res.get("spin_skipped"):
         console.print(f"[yellow]SPIN skipped:[/] {res['spin_skipped']}")
 
