@@ -406,6 +406,7 @@ class Model:
                     reps.append((s, n))
                     n += 1
         return ids
+
     def keep(self, vmm: Vmm, done: frozenset | None = None):
         """What a node holds of the state ``vmm``: the Vmm itself, or (live) a Snapshot of it; nothing for a
         final state (``done`` is every event) on the live path: it is never expanded."""
