@@ -185,7 +185,7 @@ def canonical(vmm: Vmm, done: frozenset, events: list[Step], classes: dict, plan
     host = vmm.host
     if plan is None:
         plan = KeyPlan(host.devices, events, classes)
-    done_col, glob = plan.done.get(done) or plan.done_parts(done)
+    done_col, glob = plan.done_parts(done)
     ctx = host.ctxs[vmm.iommufd.fd]
     ioases, hws, nested = [], [], None
     for o in ctx.objects.values():
@@ -225,11 +225,7 @@ def canonical(vmm: Vmm, done: frozenset, events: list[Step], classes: dict, plan
     # label of its HWPT.  A HWPT's member devices are thus not in the HWPT's part: they are the devices
     # whose part ends with its label.
     k = host.kvm
-    if k is None:
-        in_kvm = plan.no_kvm
-    else:
-        files, last = k.files, plan.kvm
-        in_kvm = last[1] if last[0] == files else plan.kvm_column(files)
+    in_kvm = plan.no_kvm if k is None else plan.kvm_column(k.files)
     names = plan.names
     cdevs, devfds = vmm.cdevs, vmm.devfds
     rows = tuple([(c, d.idev_id is not None, d.attached, d.open_via, n in cdevs, n in devfds, kv, ops, w)
@@ -248,22 +244,10 @@ def canonical(vmm: Vmm, done: frozenset, events: list[Step], classes: dict, plan
                       up and tuple(sorted([classes[n] for n in up]))))
     if len(hwpts) > 1:
         hwpts.sort()
-    if len(ioases) == 1:
-        iopt = ioases[0].iopt
-        ioas_state = ((iopt.areas.key_items(),
-                       tuple(sorted(iopt.reserved)) if plan.by_name else plan.reserved_part(iopt.reserved)),)
-    else:
-        ioas_state = tuple([(o.iopt.areas.key_items(), plan.reserved_part(o.iopt.reserved)) for o in ioases])
-    names = vmm.names
-    if len(names) == 1:
-        for k, v in names.items():
-            names = ((k, ("dev", v) if v not in label or vmm.kinds.get(k) == "device" else label[v]),)
-    elif names:
-        kinds = vmm.kinds
-        names = tuple(sorted([(k, ("dev", v) if v not in label or kinds.get(k) == "device" else label[v])
-                              for k, v in names.items()]))
-    else:
-        names = ()
+    ioas_state = tuple([(o.iopt.areas.key_items(), plan.reserved_part(o.iopt.reserved)) for o in ioases])
+    kinds = vmm.kinds
+    names = tuple(sorted([(k, ("dev", v) if v not in label or kinds.get(k) == "device" else label[v])
+                          for k, v in vmm.names.items()]))
     us = vmm.us.get("hwpts")
     if us:
         index, lget = plan.index, label.get
@@ -474,9 +458,7 @@ class Model:
     def key(self, vmm: Vmm, done: frozenset) -> tuple:
         """The canonical key; with symmetry on the live path it also keeps what the signatures of this
         state need (``node``)."""
-        plan = self._plan
-        if plan is None:
-            plan = self._plan_of(vmm)
+        plan = self._plan_of(vmm)
         if not self._keep_parts:
             return canonical(vmm, done, self.events, self.key_classes, plan)
         parts = self._parts
