@@ -27,8 +27,8 @@ class Hazard:
 
 
 def _attached(host) -> list:
-    """(device name, driver domain) for every device whose group sits in a domain; ``detect`` reads it once
-    for all the detectors."""
+    """(device name, driver domain) for every device whose group sits in a domain: ``detect`` reads it once
+    and hands it to every detector."""
     return [(name, g.domain) for g in host.groups.values() if g.domain is not None for name in g.devices]
 
 
@@ -40,8 +40,8 @@ def _hwpt_id(host, domain) -> str:
     return f"domain #{domain.serial}"
 
 
-def noncc_device_in_cc_domain(host, attached=None):
-    for name, dom in _attached(host) if attached is None else attached:
+def noncc_device_in_cc_domain(host, attached):
+    for name, dom in attached:
         target = dom.parent if dom.kind == "nested" else dom
         if target.enforce_cc and not host.driver.capable_enforce_cc(host.devices[name]):
             yield Hazard("noncc-device-in-cc-domain", name,
@@ -49,17 +49,17 @@ def noncc_device_in_cc_domain(host, attached=None):
                          "its page-table format is wrong for the device", True)
 
 
-def upgrade_breaks_attached_device(host, attached=None):
-    for name, dom in _attached(host) if attached is None else attached:
+def upgrade_breaks_attached_device(host, attached):
+    for name, dom in attached:
         if name in dom.upgraded_over:
             yield Hazard("upgrade-breaks-attached-device", name,
                          f"{_hwpt_id(host, dom)} was switched to enforce CC while {name}, which cannot, "
                          "was attached", True)
 
 
-def stale_iopte_after_upgrade(host, attached=None):
+def stale_iopte_after_upgrade(host, attached):
     seen = set()
-    for _, dom in _attached(host) if attached is None else attached:
+    for _, dom in attached:
         if dom.serial in seen:
             continue
         seen.add(dom.serial)
@@ -78,7 +78,7 @@ def stale_iopte_after_upgrade(host, attached=None):
                              True)
 
 
-def kvm_coherent_but_noncoherent_dma(host, attached=None):
+def kvm_coherent_but_noncoherent_dma(host, attached):
     """Confirmed in source, Debian 6.12.117 (docs/kernel-notes-drivers-kvm.md section 10.1): E3 lets a
     CC-capable device share a non-CC domain (iommufd_hwpt_paging_alloc's rule; VT-d
     prepare_domain_attach_device refuses only the other way), while kvm_vfio_update_coherency asks
@@ -87,7 +87,7 @@ def kvm_coherent_but_noncoherent_dma(host, attached=None):
     kvm = host.kvm
     if kvm is None or kvm.wbinvd_emulated:
         return
-    for name, dom in _attached(host) if attached is None else attached:
+    for name, dom in attached:
         if not host.driver.forces_snoop(dom, host.devices[name]):
             cap = host.driver.capable_enforce_cc(host.devices[name])
             why = ("KVM looks at the device's CC capability, not at its domain"
@@ -98,7 +98,7 @@ def kvm_coherent_but_noncoherent_dma(host, attached=None):
                          "not observed on hardware)", True)
 
 
-def stale_memtype_after_flip(host, attached=None):
+def stale_memtype_after_flip(host, attached):
     kvm = host.kvm
     if kvm is not None and kvm.memtype_stale:
         yield Hazard("stale-memtype-after-flip", "kvm",
